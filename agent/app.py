@@ -1,0 +1,78 @@
+"""The Flask application factory and the objects one running agent holds."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+
+from agent import messages
+from agent.config import Config, load_config
+from agent.db import open_database
+from agent.http import text_response
+from agent.store import Store
+from agent.writer import Writer
+from sync.upstream import Upstream, make_upstream
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One running agent: its configuration, database, writer, store and upstream."""
+
+    def __init__(self, config: Config, upstream: Upstream | None = None):
+        self.config = config
+        self.data_dir = config.data_dir_path
+        self.db = open_database(self.data_dir)
+        self.writer = Writer(self.db)
+        self.writer.start()
+        self.store = Store(self.db, self.writer, self.data_dir)
+        self.upstream = upstream or make_upstream(config.upstream.kind)
+
+    def close(self) -> None:
+        """Finish the writes in flight, then close the database."""
+        self.writer.stop()
+        self.db.close()
+
+
+def create_app(config: Config | None = None, *, upstream: Upstream | None = None) -> Flask:
+    config = config if config is not None else load_config(None)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_kb * 1024
+    app.config["AGENT"] = Agent(config, upstream)
+
+    from agent import contract
+
+    app.register_blueprint(contract.bp)
+    _register_error_texts(app, config.server.max_body_kb)
+    # Database connections stay open per waitress thread on purpose: opening one and
+    # setting its pragmas costs more than the query it would serve.
+    return app
+
+
+def _register_error_texts(app: Flask, max_body_kb: int) -> None:
+    @app.errorhandler(NotFound)
+    def not_found(_exc):
+        return text_response(messages.NOT_FOUND, 404)
+
+    @app.errorhandler(MethodNotAllowed)
+    def method_not_allowed(exc):
+        from flask import request
+
+        allowed = ", ".join(sorted(exc.valid_methods or []))
+        response = text_response(messages.method_not_allowed(request.method, allowed), 405)
+        response.headers["Allow"] = allowed
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_exc):
+        return text_response(messages.body_too_large(max_body_kb), 413)
+
+    @app.errorhandler(HTTPException)
+    def other_http(exc):
+        return text_response(exc.description or exc.name, exc.code or 400)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        log.exception("unexpected error")
+        return text_response(messages.INTERNAL, 500)

@@ -1,0 +1,75 @@
+"""Basic auth per company: the key in the URL picks the company, its credentials must match."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+from functools import wraps
+
+from flask import current_app, g, request
+
+from agent import messages
+from agent.http import text_response
+
+log = logging.getLogger(__name__)
+
+
+def credentials_from_header(header: str | None) -> tuple[str, str] | None | bool:
+    """(user, password); None when there is no header; False when it is malformed."""
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return False
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return False
+    return user, password
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def company_required(view):
+    """Resolve <key> to a company and check the request's Basic credentials against it.
+
+    An unknown key and wrong credentials get the same answer, so the key cannot be
+    probed; the log says which it was.
+    """
+
+    @wraps(view)
+    def wrapper(key: str, *args, **kwargs):
+        creds = credentials_from_header(request.headers.get("Authorization"))
+        if creds is None:
+            return _unauthorized(messages.AUTH_MISSING)
+        if creds is False:
+            return _unauthorized(messages.AUTH_MALFORMED)
+        company = current_app.config["AGENT"].config.company(key)
+        user, password = creds
+        # Compare both even when the key is unknown, so timing says nothing either.
+        expected_user = company.username if company else "\x00"
+        expected_password = company.password if company else "\x00"
+        user_ok = _same(user, expected_user)
+        password_ok = _same(password, expected_password)
+        if company is None or not (user_ok and password_ok):
+            log.warning(
+                "auth refused from %s: %s", request.remote_addr, "unknown key" if company is None else "bad credentials"
+            )
+            return _unauthorized(messages.AUTH_WRONG)
+        g.company = company
+        g.company_key = key
+        return view(key, *args, **kwargs)
+
+    return wrapper
+
+
+def _unauthorized(text: str):
+    response = text_response(text, 401)
+    response.headers["WWW-Authenticate"] = 'Basic realm="pos-ticket-agent", charset="UTF-8"'
+    return response

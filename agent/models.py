@@ -1,0 +1,170 @@
+"""The tables of the local store.
+
+Tickets are the source of truth: rows are never deleted, only moved through their
+lifecycle (ALMACENADO -> FACTURADO | EXPIRADO -> GLOBAL) with an event per change.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BooleanField,
+    CompositeKey,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+database = DatabaseProxy()
+
+# Ticket statuses, as the contract and the domain name them.
+STORED = "ALMACENADO"
+INVOICED = "FACTURADO"
+EXPIRED = "EXPIRADO"
+IN_GLOBAL = "GLOBAL"
+
+# CFDI statuses reported by GET /cfdis. The contract's example reports a stamped,
+# kept CFDI as ALMACENADO; a cancelled one is CANCELADO.
+CFDI_VALID = "ALMACENADO"
+CFDI_CANCELLED = "CANCELADO"
+
+CUSTOMER_CFDI = "customer"
+GLOBAL_CFDI = "global"
+
+_MICRO = Decimal(1_000_000)
+
+
+class MoneyField(BigIntegerField):
+    """A Decimal kept as an integer count of millionths of a peso.
+
+    SQLite's NUMERIC affinity would turn "453.000000" into a float; integers keep every
+    amount exact (CFDI Concepto amounts carry up to 6 decimals) and let the database sum
+    them exactly on any backend.
+    """
+
+    def db_value(self, value):
+        if value is None:
+            return None
+        scaled = Decimal(value) * _MICRO
+        if scaled != scaled.to_integral_value():
+            raise ValueError(f"more than 6 decimals: {value}")
+        return int(scaled)
+
+    def python_value(self, value):
+        if value is None:
+            return None
+        return Decimal(int(value)).scaleb(-6)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Cfdi(BaseModel):
+    """A stamped CFDI that covers one ticket (a customer's) or many (a global one)."""
+
+    id = CharField(primary_key=True, max_length=32)  # "idCfd" in the contract
+    company = CharField()
+    branch = CharField()
+    kind = CharField(default=CUSTOMER_CFDI)
+    uuid = CharField(unique=True)
+    serie = CharField(default="")
+    folio = CharField(default="")
+    issued_at = DateTimeField()  # the CFDI's Fecha, branch local time
+    receiver_rfc = CharField()
+    receiver_name = CharField()
+    subtotal = MoneyField()
+    discount = MoneyField(default=0)
+    total = MoneyField()
+    iva = MoneyField(default=0)
+    currency = CharField(default="MXN")
+    production = BooleanField(default=False)
+    status = CharField(default=CFDI_VALID)
+    cancelled_at = DateTimeField(null=True)
+    cancel_motive = CharField(null=True)
+    cancel_substitute = CharField(null=True)
+    # Paths relative to the data directory.
+    xml_file = CharField(null=True)
+    pdf_file = CharField(null=True)
+    created_at = DateTimeField()
+
+    class Meta:
+        indexes = ((("company", "branch"), False),)
+
+
+class Ticket(BaseModel):
+    id = AutoField()
+    company = CharField()  # the company key of the URL
+    branch = CharField()  # the contract's "sucursal"
+    number = CharField()  # "numeroTicket"
+    sold_at = DateTimeField()  # "fecha": branch local wall time, no zone
+    total = MoneyField()  # "monto"
+    subtotal = MoneyField()
+    discount = MoneyField()
+    taxes = MoneyField()  # transferred taxes at currency precision
+    iva = MoneyField()
+    ieps = MoneyField()
+    payment_form = CharField(max_length=2)
+    environment = CharField(max_length=4)  # QA | PROD, from the insumo
+    insumo = TextField()
+    body_hash = CharField(max_length=64)  # what makes a re-send "identical"
+    status = CharField(default=STORED)
+    cfdi = ForeignKeyField(Cfdi, null=True, backref="tickets", on_delete="RESTRICT")
+    # Set once the upstream has the ticket: from then on it can no longer be replaced.
+    synced_at = DateTimeField(null=True)
+    expired_at = DateTimeField(null=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+    version = IntegerField(default=1)
+
+    class Meta:
+        indexes = (
+            (("company", "branch", "number"), True),
+            (("company", "status"), False),
+            (("cfdi",), False),
+        )
+
+
+class TicketEvent(BaseModel):
+    """The audit trail of a ticket: what happened, when (UTC) and why."""
+
+    id = AutoField()
+    ticket = ForeignKeyField(Ticket, backref="events", on_delete="RESTRICT")
+    at = DateTimeField()
+    kind = CharField()
+    detail = TextField(default="")
+
+    class Meta:
+        indexes = ((("ticket", "at"), False),)
+
+
+class TicketCfdi(BaseModel):
+    """Every CFDI a ticket has been in, cancelled ones included (GET /cfdis lists them).
+
+    Ticket.cfdi points at the one valid CFDI; this table keeps the history.
+    """
+
+    ticket = ForeignKeyField(Ticket, on_delete="RESTRICT")
+    cfdi = ForeignKeyField(Cfdi, on_delete="RESTRICT")
+
+    class Meta:
+        primary_key = CompositeKey("ticket", "cfdi")
+        indexes = ((("cfdi",), False),)
+
+
+class SchemaVersion(BaseModel):
+    version = IntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+ALL_TABLES = [Cfdi, Ticket, TicketEvent, TicketCfdi]

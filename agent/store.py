@@ -1,0 +1,392 @@
+"""The ticket store: every change to tickets and CFDIs, and the queries the contract needs.
+
+Reads run on the caller's thread. Every write goes through the Writer, which groups
+commits; a method that returns normally has its change on disk.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from agent.insumo import Insumo
+from agent.models import (
+    CFDI_CANCELLED,
+    CFDI_VALID,
+    CUSTOMER_CFDI,
+    EXPIRED,
+    GLOBAL_CFDI,
+    IN_GLOBAL,
+    INVOICED,
+    STORED,
+    Cfdi,
+    Ticket,
+    TicketCfdi,
+    TicketEvent,
+)
+from agent.writer import Writer
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the form every *_at column holds."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class NewTicket:
+    company: str
+    branch: str
+    number: str
+    sold_at: datetime  # branch local wall time
+    total: Decimal
+    insumo: Insumo
+    body_hash: str
+
+
+@dataclass(frozen=True)
+class NewCfdi:
+    id: str
+    company: str
+    branch: str
+    kind: str
+    uuid: str
+    issued_at: datetime
+    receiver_rfc: str
+    receiver_name: str
+    subtotal: Decimal
+    total: Decimal
+    discount: Decimal = Decimal(0)
+    iva: Decimal = Decimal(0)
+    serie: str = ""
+    folio: str = ""
+    production: bool = False
+
+
+class TicketNotFound(LookupError):
+    def __init__(self, company: str, branch: str, number: str):
+        super().__init__(f"ticket {number} of branch {branch} does not exist")
+        self.company, self.branch, self.number = company, branch, number
+
+
+class TicketConflict(Exception):
+    """The change is refused because of where the ticket is in its lifecycle."""
+
+    def __init__(self, ticket: Ticket, action: str):
+        self.ticket = ticket
+        self.action = action  # "replace" | "expire" | "invoice"
+        self.status = ticket.status
+        self.synced = ticket.synced_at is not None
+        self.cfdi_uuid = ticket.cfdi.uuid if ticket.cfdi_id else None
+        super().__init__(f"cannot {action} ticket {ticket.number}: status {ticket.status}")
+
+
+class CfdiNotFound(LookupError):
+    pass
+
+
+# Outcomes of put_ticket.
+STORED_NEW, UNCHANGED, REPLACED = "stored", "unchanged", "replaced"
+
+
+class Store:
+    def __init__(self, db, writer: Writer, data_dir: Path):
+        self.db = db
+        self.writer = writer
+        self.data_dir = data_dir
+
+    # -- tickets ---------------------------------------------------------------------
+
+    def put_ticket(self, ticket: NewTicket) -> str:
+        """Store a ticket; a re-send of the same body is a no-op, a new body replaces it
+        while nobody outside the store has seen it. Returns STORED_NEW, UNCHANGED or
+        REPLACED; raises TicketConflict."""
+        return self.writer.submit(_put_tickets, ticket)
+
+    def expire_ticket(self, company: str, branch: str, number: str, reason: str) -> bool:
+        """Close the ticket's self-invoicing window. True if it changed, False if it was
+        already expired (or already in a global CFDI). Raises TicketNotFound or
+        TicketConflict (already invoiced by the customer)."""
+        return self.writer.submit(_expire_tickets, (company, branch, number, reason))
+
+    def ticket(self, company: str, branch: str, number: str) -> Ticket | None:
+        return (
+            Ticket.select()
+            .where((Ticket.company == company) & (Ticket.branch == branch) & (Ticket.number == number))
+            .first()
+        )
+
+    def tickets_numbered(self, company: str, number: str, branch: str | None = None) -> list[Ticket]:
+        query = Ticket.select().where((Ticket.company == company) & (Ticket.number == number))
+        if branch is not None:
+            query = query.where(Ticket.branch == branch)
+        return list(query)
+
+    def events(self, ticket: Ticket) -> list[TicketEvent]:
+        return list(TicketEvent.select().where(TicketEvent.ticket == ticket).order_by(TicketEvent.id))
+
+    # -- CFDIs -----------------------------------------------------------------------
+
+    def cfdi_rows(self, company: str, *, number: str | None = None, branch: str | None = None) -> Iterator[tuple]:
+        """(ticket number, ticket branch, Cfdi) for every CFDI of the company's tickets,
+        cancelled ones included, oldest first; lazily, so 100,000 rows stream."""
+        query = (
+            TicketCfdi.select(Ticket.number, Ticket.branch, Cfdi)
+            .join(Ticket, on=(TicketCfdi.ticket == Ticket.id))
+            .switch(TicketCfdi)
+            .join(Cfdi, on=(TicketCfdi.cfdi == Cfdi.id))
+            .where(Ticket.company == company)
+            .order_by(Cfdi.created_at, Ticket.id)
+        )
+        if number is not None:
+            query = query.where(Ticket.number == number)
+        if branch is not None:
+            query = query.where(Ticket.branch == branch)
+        for row in query.objects().iterator():
+            yield row.number, row.branch, row.cfdi
+
+    def cfdi(self, company: str, cfdi_id: str) -> Cfdi | None:
+        return Cfdi.select().where((Cfdi.company == company) & (Cfdi.id == cfdi_id)).first()
+
+    def cfdi_by_uuid(self, company: str, uuid: str) -> Cfdi | None:
+        return Cfdi.select().where((Cfdi.company == company) & (Cfdi.uuid == uuid.upper())).first()
+
+    def cfdi_file(self, cfdi: Cfdi, kind: str) -> Path | None:
+        name = cfdi.xml_file if kind == "xml" else cfdi.pdf_file
+        if not name:
+            return None
+        path = self.data_dir / name
+        return path if path.is_file() else None
+
+    def record_cfdi(
+        self, cfdi: NewCfdi, ticket_ids: Sequence[int], *, xml: bytes, pdf: bytes | None = None
+    ) -> Cfdi:
+        """Keep a stamped CFDI and mark its tickets: FACTURADO for a customer's CFDI,
+        GLOBAL for a global one. Refused (TicketConflict) if any ticket already has a
+        valid CFDI: a sale ends up in exactly one."""
+        folder = self.data_dir / "cfdi" / cfdi.company
+        xml_name = _write_durably(folder / f"{cfdi.id}.xml", xml)
+        pdf_name = _write_durably(folder / f"{cfdi.id}.pdf", pdf) if pdf is not None else None
+        files = (
+            str(xml_name.relative_to(self.data_dir)),
+            str(pdf_name.relative_to(self.data_dir)) if pdf_name else None,
+        )
+        return self.writer.submit(_record_cfdis, (cfdi, tuple(ticket_ids), files))
+
+    def record_cancellation(
+        self, cfdi_id: str, motive: str, substitute: str | None, cancelled_at: datetime
+    ) -> Cfdi:
+        """Mark a CFDI cancelled and give its tickets back to the flow so each ends up in
+        a valid CFDI again: a customer's ticket may be self-invoiced again, a global
+        CFDI's tickets wait, expired, for the next global. With a substitute CFDI already
+        in the store, the tickets move to it instead."""
+        return self.writer.submit(_record_cancellations, (cfdi_id, motive, substitute, cancelled_at))
+
+
+# -- batch operations, run by the writer inside its transaction ------------------------
+
+
+def _put_tickets(batch: Sequence[NewTicket]) -> list:
+    now = utcnow()
+    existing = _existing_tickets(batch)
+    results: list = []
+    new_rows: dict[tuple, dict] = {}
+    for item in batch:
+        key = (item.company, item.branch, item.number)
+        pending = new_rows.get(key)
+        if pending is not None:  # the same new ticket twice in one group
+            if pending["body_hash"] == item.body_hash:
+                results.append(UNCHANGED)
+            else:
+                pending.update(_ticket_fields(item))
+                results.append(REPLACED)
+            continue
+        current = existing.get(key)
+        if current is None:
+            new_rows[key] = {
+                "company": item.company,
+                "branch": item.branch,
+                "number": item.number,
+                "status": STORED,
+                "created_at": now,
+                "updated_at": now,
+                **_ticket_fields(item),
+            }
+            results.append(STORED_NEW)
+        elif current.body_hash == item.body_hash:
+            results.append(UNCHANGED)
+        elif current.status == STORED and current.synced_at is None:
+            old_total = current.total
+            fields = _ticket_fields(item)
+            (
+                Ticket.update(**fields, updated_at=now, version=Ticket.version + 1)
+                .where(Ticket.id == current.id)
+                .execute()
+            )
+            TicketEvent.create(
+                ticket=current.id, at=now, kind="replaced", detail=f"monto {old_total:.2f} -> {item.total:.2f}"
+            )
+            current.body_hash, current.total = item.body_hash, item.total
+            results.append(REPLACED)
+        else:
+            results.append(TicketConflict(current, "replace"))
+    if new_rows:
+        Ticket.insert_many(list(new_rows.values())).execute()
+    return results
+
+
+def _ticket_fields(item: NewTicket) -> dict:
+    insumo = item.insumo
+    return {
+        "sold_at": item.sold_at,
+        "total": item.total,
+        "subtotal": insumo.subtotal,
+        "discount": insumo.discount,
+        "taxes": insumo.transferred_taxes,
+        "iva": insumo.iva,
+        "ieps": insumo.ieps,
+        "payment_form": insumo.payment_form,
+        "environment": insumo.environment,
+        "insumo": insumo.raw,
+        "body_hash": item.body_hash,
+    }
+
+
+def _existing_tickets(batch: Sequence[NewTicket]) -> dict[tuple, Ticket]:
+    by_branch: dict[tuple[str, str], set[str]] = {}
+    for item in batch:
+        by_branch.setdefault((item.company, item.branch), set()).add(item.number)
+    found: dict[tuple, Ticket] = {}
+    for (company, branch), numbers in by_branch.items():
+        query = Ticket.select(
+            Ticket.id, Ticket.company, Ticket.branch, Ticket.number, Ticket.status,
+            Ticket.synced_at, Ticket.body_hash, Ticket.total, Ticket.cfdi,
+        ).where((Ticket.company == company) & (Ticket.branch == branch) & (Ticket.number.in_(numbers)))
+        for ticket in query:
+            found[(company, branch, ticket.number)] = ticket
+    return found
+
+
+def _expire_tickets(batch: Sequence[tuple]) -> list:
+    now = utcnow()
+    results: list = []
+    for company, branch, number, reason in batch:
+        ticket = (
+            Ticket.select()
+            .where((Ticket.company == company) & (Ticket.branch == branch) & (Ticket.number == number))
+            .first()
+        )
+        if ticket is None:
+            results.append(TicketNotFound(company, branch, number))
+        elif ticket.status in (EXPIRED, IN_GLOBAL):
+            results.append(False)
+        elif ticket.status == INVOICED:
+            results.append(TicketConflict(ticket, "expire"))
+        else:
+            Ticket.update(status=EXPIRED, expired_at=now, updated_at=now, version=Ticket.version + 1).where(
+                Ticket.id == ticket.id
+            ).execute()
+            TicketEvent.create(ticket=ticket.id, at=now, kind="expired", detail=reason)
+            results.append(True)
+    return results
+
+
+def _record_cfdis(batch: Sequence[tuple]) -> list:
+    now = utcnow()
+    results: list = []
+    for cfdi, ticket_ids, (xml_file, pdf_file) in batch:
+        tickets = list(Ticket.select().where(Ticket.id.in_(ticket_ids)))
+        if len(tickets) != len(set(ticket_ids)) or any(t.company != cfdi.company for t in tickets):
+            results.append(ValueError("a CFDI must cover existing tickets of its own company"))
+            continue
+        taken = next((t for t in tickets if t.cfdi_id is not None), None)
+        if taken is not None:
+            results.append(TicketConflict(taken, "invoice"))
+            continue
+        row = Cfdi.create(
+            **cfdi.__dict__,
+            status=CFDI_VALID,
+            xml_file=xml_file,
+            pdf_file=pdf_file,
+            created_at=now,
+        )
+        status = INVOICED if cfdi.kind == CUSTOMER_CFDI else IN_GLOBAL
+        Ticket.update(cfdi=row.id, status=status, updated_at=now, version=Ticket.version + 1).where(
+            Ticket.id.in_(ticket_ids)
+        ).execute()
+        TicketCfdi.insert_many([{"ticket": tid, "cfdi": row.id} for tid in ticket_ids]).execute()
+        TicketEvent.insert_many(
+            [{"ticket": tid, "at": now, "kind": "cfdi", "detail": f"{cfdi.kind} {cfdi.uuid}"} for tid in ticket_ids]
+        ).execute()
+        results.append(row)
+    return results
+
+
+def _record_cancellations(batch: Sequence[tuple]) -> list:
+    now = utcnow()
+    results: list = []
+    for cfdi_id, motive, substitute, cancelled_at in batch:
+        cfdi = Cfdi.get_or_none(Cfdi.id == cfdi_id)
+        if cfdi is None:
+            results.append(CfdiNotFound(cfdi_id))
+            continue
+        if cfdi.status == CFDI_CANCELLED:
+            results.append(cfdi)
+            continue
+        Cfdi.update(
+            status=CFDI_CANCELLED, cancelled_at=cancelled_at, cancel_motive=motive, cancel_substitute=substitute
+        ).where(Cfdi.id == cfdi_id).execute()
+        replacement = (
+            Cfdi.get_or_none((Cfdi.uuid == substitute.upper()) & (Cfdi.status == CFDI_VALID)) if substitute else None
+        )
+        ticket_ids = [t.id for t in Ticket.select(Ticket.id).where(Ticket.cfdi == cfdi_id)]
+        if replacement is not None:
+            new_status = INVOICED if replacement.kind == CUSTOMER_CFDI else IN_GLOBAL
+            Ticket.update(cfdi=replacement.id, status=new_status, updated_at=now).where(
+                Ticket.id.in_(ticket_ids)
+            ).execute()
+            TicketCfdi.insert_many(
+                [{"ticket": tid, "cfdi": replacement.id} for tid in ticket_ids]
+            ).on_conflict_ignore().execute()
+            detail = f"CFDI {cfdi.uuid} cancelled (motive {motive}), replaced by {replacement.uuid}"
+        else:
+            back_to = STORED if cfdi.kind == CUSTOMER_CFDI else EXPIRED
+            Ticket.update(cfdi=None, status=back_to, updated_at=now).where(Ticket.id.in_(ticket_ids)).execute()
+            detail = f"CFDI {cfdi.uuid} cancelled (motive {motive}); ticket back to {back_to}"
+        if ticket_ids:
+            TicketEvent.insert_many(
+                [{"ticket": tid, "at": now, "kind": "cfdi_cancelled", "detail": detail} for tid in ticket_ids]
+            ).execute()
+        results.append(Cfdi.get_by_id(cfdi_id))
+    return results
+
+
+def _write_durably(path: Path, content: bytes) -> Path:
+    """Write a file so that it is on disk before the row that names it is committed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = [
+    "CFDI_CANCELLED",
+    "CFDI_VALID",
+    "CUSTOMER_CFDI",
+    "GLOBAL_CFDI",
+    "NewCfdi",
+    "NewTicket",
+    "Store",
+    "TicketConflict",
+    "TicketNotFound",
+    "CfdiNotFound",
+    "STORED_NEW",
+    "UNCHANGED",
+    "REPLACED",
+]

@@ -1,0 +1,58 @@
+"""The upstream invoicing service, seen through one small interface.
+
+The agent asks the upstream to stamp and cancel CFDIs; which service does it (the local
+sandbox or Facturapi) is one config line. Nothing here knows about HTTP requests coming
+from the POS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+CANCELLED = "canceled"
+CANCEL_PENDING = "pending"
+
+MOTIVES = {
+    "01": "Comprobante emitido con errores con relación",
+    "02": "Comprobante emitido con errores sin relación",
+    "03": "No se llevó a cabo la operación",
+    "04": "Operación nominativa relacionada en una factura global",
+}
+
+
+class UpstreamError(RuntimeError):
+    """The upstream refused or could not be reached; nothing changed locally."""
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    status: str  # CANCELLED, or CANCEL_PENDING while the receiver must accept
+    at: datetime  # naive UTC
+
+
+class Upstream(Protocol):
+    kind: str
+
+    def cancel(self, uuid: str, motive: str, substitute: str | None = None, *, production: bool) -> CancelResult:
+        ...
+
+
+class SandboxUpstream:
+    """Runs the whole flow with no network. It never claims anything is real: it refuses
+    to touch a production CFDI, since only the PAC that stamped one can cancel it."""
+
+    kind = "sandbox"
+
+    def cancel(self, uuid: str, motive: str, substitute: str | None = None, *, production: bool) -> CancelResult:
+        if motive not in MOTIVES:
+            raise UpstreamError(f"motivo {motive} no existe")
+        if production:
+            raise UpstreamError("el modo sandbox no puede cancelar un CFDI de producción ante el SAT")
+        return CancelResult(CANCELLED, datetime.now(timezone.utc).replace(tzinfo=None))
+
+
+def make_upstream(kind: str) -> Upstream:
+    if kind == "sandbox":
+        return SandboxUpstream()
+    raise ValueError(f"unknown upstream kind {kind!r}")

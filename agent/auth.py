@@ -52,12 +52,10 @@ def company_required(view):
             return _unauthorized(messages.AUTH_MALFORMED)
         company = current_app.config["AGENT"].config.company(key)
         user, password = creds
-        # Compare both even when the key is unknown, so timing says nothing either.
-        expected_user = company.username if company else "\x00"
-        expected_password = company.password if company else "\x00"
-        user_ok = _same(user, expected_user)
-        password_ok = _same(password, expected_password)
-        if company is None or not (user_ok and password_ok):
+        if company is None:
+            # Spend the same comparison on nothing, so timing does not tell keys apart.
+            _same(user + password, "\x00")
+        if company is None or not company.check_credentials(user, password):
             log.warning(
                 "auth refused from %s: %s", request.remote_addr, "unknown key" if company is None else "bad credentials"
             )

@@ -74,7 +74,7 @@ def put_ticket(key: str):
         text = messages.replace_refused(ticket.number, ticket.branch, exc.status, exc.synced, exc.cfdi_uuid)
         return text_response(text, 409)
     if outcome in (STORED_NEW, REPLACED):
-        log.info("ticket %s/%s %s", ticket.branch, ticket.number, outcome)
+        log.debug("ticket %s/%s %s", ticket.branch, ticket.number, outcome)
     return text_response(messages.SAVED)
 
 

@@ -17,7 +17,7 @@ from agent.insumo import InsumoError, parse_insumo
 from agent.store import NewTicket
 
 TICKET_NUMBER = re.compile(r"[A-Za-z0-9_-]{1,40}")
-FECHA = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
+FECHA = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})")
 CENT = Decimal("0.01")
 MAX_MONTO = Decimal("999999999999.99")
 
@@ -119,11 +119,12 @@ def _parse_fecha(data: dict, problems: list[str]) -> datetime | None:
     if value is None or value == "":
         problems.append(messages.field_error("fecha", messages.MISSING))
         return None
-    if not isinstance(value, str) or not FECHA.fullmatch(value):
+    match = FECHA.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
         problems.append(messages.fecha_format(value))
         return None
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S")
+        return datetime(*map(int, match.groups()))  # strptime costs 10x more on the hot path
     except ValueError:
         problems.append(messages.fecha_format(value))
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -74,13 +75,16 @@ class TicketNotFound(LookupError):
 class TicketConflict(Exception):
     """The change is refused because of where the ticket is in its lifecycle."""
 
-    def __init__(self, ticket: Ticket, action: str):
-        self.ticket = ticket
+    def __init__(self, number: str, branch: str, status: str, synced: bool, cfdi_uuid: str | None, action: str):
+        self.number, self.branch = number, branch
+        self.status, self.synced, self.cfdi_uuid = status, synced, cfdi_uuid
         self.action = action  # "replace" | "expire" | "invoice"
-        self.status = ticket.status
-        self.synced = ticket.synced_at is not None
-        self.cfdi_uuid = ticket.cfdi.uuid if ticket.cfdi_id else None
-        super().__init__(f"cannot {action} ticket {ticket.number}: status {ticket.status}")
+        super().__init__(f"cannot {action} ticket {number} of branch {branch}: status {status}")
+
+    @classmethod
+    def of(cls, ticket: Ticket, action: str) -> "TicketConflict":
+        uuid = ticket.cfdi.uuid if ticket.cfdi_id else None
+        return cls(ticket.number, ticket.branch, ticket.status, ticket.synced_at is not None, uuid, action)
 
 
 class CfdiNotFound(LookupError):
@@ -188,9 +192,64 @@ class Store:
 # -- batch operations, run by the writer inside its transaction ------------------------
 
 
+# Storing tickets is the hot path. A group is stored with one SELECT per branch and one
+# multi-row INSERT, as SQL built once per size: building statements through the ORM per
+# ticket cost more than the rest of the request, and every statement SQLite steps
+# releases and re-takes the GIL, which under load means waiting for another thread.
+_INSERTED = (
+    "company", "branch", "number", "status", "created_at", "updated_at", "sold_at", "total", "subtotal",
+    "discount", "taxes", "iva", "ieps", "payment_form", "environment", "insumo", "body_hash", "version",
+)  # fmt: skip
+_INSERT_FIELDS = [Ticket._meta.fields[name] for name in _INSERTED]
+_TABLE = Ticket._meta.table_name
+
+
+@lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" for _ in _INSERT_FIELDS) + ")"
+    columns = ", ".join(f'"{field.column_name}"' for field in _INSERT_FIELDS)
+    return f'INSERT INTO "{_TABLE}" ({columns}) VALUES ' + ", ".join([one] * rows)
+
+
+@lru_cache(maxsize=64)
+def _lookup_sql(numbers: int) -> str:
+    marks = ", ".join("?" for _ in range(numbers))
+    return (
+        'SELECT "number", "id", "status", "synced_at", "body_hash", "total", "cfdi_id" '
+        f'FROM "{_TABLE}" WHERE "company" = ? AND "branch" = ? AND "number" IN ({marks})'
+    )
+
+
+@dataclass
+class _Current:
+    id: int
+    status: str
+    synced: bool
+    body_hash: str
+    total: Decimal
+    cfdi_id: str | None
+
+
+def _existing(db, batch: Sequence[NewTicket]) -> dict[tuple, _Current]:
+    numbers: dict[tuple[str, str], set[str]] = {}
+    for item in batch:
+        numbers.setdefault((item.company, item.branch), set()).add(item.number)
+    found: dict[tuple, _Current] = {}
+    for (company, branch), wanted in numbers.items():
+        wanted = sorted(wanted)
+        for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+            cursor = db.execute_sql(_lookup_sql(len(chunk)), (company, branch, *chunk))
+            for number, ticket_id, status, synced_at, body_hash, total, cfdi_id in cursor:
+                found[(company, branch, number)] = _Current(
+                    ticket_id, status, synced_at is not None, body_hash, Ticket.total.python_value(total), cfdi_id
+                )
+    return found
+
+
 def _put_tickets(batch: Sequence[NewTicket]) -> list:
+    db = Ticket._meta.database
     now = utcnow()
-    existing = _existing_tickets(batch)
+    existing = _existing(db, batch)
     results: list = []
     new_rows: dict[tuple, dict] = {}
     for item in batch:
@@ -212,29 +271,39 @@ def _put_tickets(batch: Sequence[NewTicket]) -> list:
                 "status": STORED,
                 "created_at": now,
                 "updated_at": now,
+                "version": 1,
                 **_ticket_fields(item),
             }
             results.append(STORED_NEW)
         elif current.body_hash == item.body_hash:
             results.append(UNCHANGED)
-        elif current.status == STORED and current.synced_at is None:
-            old_total = current.total
-            fields = _ticket_fields(item)
+        elif current.status == STORED and not current.synced:
             (
-                Ticket.update(**fields, updated_at=now, version=Ticket.version + 1)
+                Ticket.update(**_ticket_fields(item), updated_at=now, version=Ticket.version + 1)
                 .where(Ticket.id == current.id)
                 .execute()
             )
             TicketEvent.create(
-                ticket=current.id, at=now, kind="replaced", detail=f"monto {old_total:.2f} -> {item.total:.2f}"
+                ticket=current.id, at=now, kind="replaced", detail=f"monto {current.total:.2f} -> {item.total:.2f}"
             )
             current.body_hash, current.total = item.body_hash, item.total
             results.append(REPLACED)
         else:
-            results.append(TicketConflict(current, "replace"))
-    if new_rows:
-        Ticket.insert_many(list(new_rows.values())).execute()
+            results.append(
+                TicketConflict(item.number, item.branch, current.status, current.synced, _uuid_of(current.cfdi_id), "replace")
+            )
+    rows = list(new_rows.values())
+    for chunk in (rows[i : i + 400] for i in range(0, len(rows), 400)):
+        params = [field.db_value(row[field.name]) for row in chunk for field in _INSERT_FIELDS]
+        db.execute_sql(_insert_sql(len(chunk)), params)
     return results
+
+
+def _uuid_of(cfdi_id: str | None) -> str | None:
+    if cfdi_id is None:
+        return None
+    cfdi = Cfdi.get_or_none(Cfdi.id == cfdi_id)
+    return cfdi.uuid if cfdi else None
 
 
 def _ticket_fields(item: NewTicket) -> dict:
@@ -254,21 +323,6 @@ def _ticket_fields(item: NewTicket) -> dict:
     }
 
 
-def _existing_tickets(batch: Sequence[NewTicket]) -> dict[tuple, Ticket]:
-    by_branch: dict[tuple[str, str], set[str]] = {}
-    for item in batch:
-        by_branch.setdefault((item.company, item.branch), set()).add(item.number)
-    found: dict[tuple, Ticket] = {}
-    for (company, branch), numbers in by_branch.items():
-        query = Ticket.select(
-            Ticket.id, Ticket.company, Ticket.branch, Ticket.number, Ticket.status,
-            Ticket.synced_at, Ticket.body_hash, Ticket.total, Ticket.cfdi,
-        ).where((Ticket.company == company) & (Ticket.branch == branch) & (Ticket.number.in_(numbers)))
-        for ticket in query:
-            found[(company, branch, ticket.number)] = ticket
-    return found
-
-
 def _expire_tickets(batch: Sequence[tuple]) -> list:
     now = utcnow()
     results: list = []
@@ -283,7 +337,7 @@ def _expire_tickets(batch: Sequence[tuple]) -> list:
         elif ticket.status in (EXPIRED, IN_GLOBAL):
             results.append(False)
         elif ticket.status == INVOICED:
-            results.append(TicketConflict(ticket, "expire"))
+            results.append(TicketConflict.of(ticket, "expire"))
         else:
             Ticket.update(status=EXPIRED, expired_at=now, updated_at=now, version=Ticket.version + 1).where(
                 Ticket.id == ticket.id
@@ -303,7 +357,7 @@ def _record_cfdis(batch: Sequence[tuple]) -> list:
             continue
         taken = next((t for t in tickets if t.cfdi_id is not None), None)
         if taken is not None:
-            results.append(TicketConflict(taken, "invoice"))
+            results.append(TicketConflict.of(taken, "invoice"))
             continue
         row = Cfdi.create(
             **cfdi.__dict__,

@@ -1,19 +1,19 @@
-"""The single database writer, with group commit.
+"""The database writer: one writer at a time, group commit.
 
 SQLite takes one writer at a time, and with synchronous=FULL every commit costs an fsync.
-Request threads that each open their own transaction queue up on the write lock and pay
-one fsync per ticket. Instead every change goes through this one thread: it takes all the
-changes waiting, applies them in one transaction, commits once, and only then answers
-each waiting request. A request therefore hears "stored" only after its ticket is durable,
-and under load many tickets share one fsync.
+Request threads that each open their own transaction queue up on SQLite's write lock,
+back off and pay one fsync per ticket. Instead every change is queued here. The first
+thread to find no writer at work becomes the leader: it takes every change waiting (its
+own included), applies them in one transaction, commits once, hands each waiting thread
+its result, and passes the lead to the next waiting thread, if any. A caller therefore
+hears "stored" only once its change is durable, and under load many changes share one
+fsync. The leader is a request thread, not a dedicated one, because under the GIL every
+hand-over between threads costs a context switch the POS pays for in latency.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from concurrent.futures import Future
-from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Callable, Sequence
 
@@ -29,14 +29,17 @@ class StorageUnavailable(RuntimeError):
     """The change could not be made durable (disk full, read-only, I/O error, stopped)."""
 
 
-@dataclass
-class _Job:
-    op: BatchOp
-    payload: Any
-    future: Future
+class _Slot:
+    __slots__ = ("op", "payload", "result", "done", "abandoned", "wake")
 
-
-_STOP = object()
+    def __init__(self, op: BatchOp, payload: Any):
+        self.op = op
+        self.payload = payload
+        self.result: Any = None
+        self.done = False
+        self.abandoned = False  # its caller stopped waiting; it is still written
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released once: when done, or when handed the lead
 
 
 class Writer:
@@ -44,97 +47,91 @@ class Writer:
         self.db = db
         self.max_batch = max_batch
         self.wait_seconds = wait_seconds
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+        self._idle = threading.Condition(self._mutex)
+        self._pending: list[_Slot] = []
+        self._leader: _Slot | None = None
         self._stopping = False
         self.last_error: str | None = None
         self.commits = 0
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
-            self._thread.start()
+        with self._mutex:
+            self._stopping = False
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish every change already submitted, then stop."""
-        if self._thread is None:
-            return
-        self._stopping = True
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-        self._thread = None
+        """Refuse new changes and wait until the ones already queued are written."""
+        with self._mutex:
+            self._stopping = True
+            self._idle.wait_for(lambda: self._leader is None and not self._pending, timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return not self._stopping
 
     def submit(self, op: BatchOp, payload: Any) -> Any:
         """Apply op to payload in the next group commit and return its result once durable."""
-        if self._stopping or not self.running:
-            raise StorageUnavailable("the agent is stopping")
-        future: Future = Future()
-        self._queue.put(_Job(op, payload, future))
-        try:
-            result = future.result(timeout=self.wait_seconds)
-        except TimeoutError:
-            raise StorageUnavailable("the database did not answer in time") from None
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        slot = _Slot(op, payload)
+        with self._mutex:
+            if self._stopping:
+                raise StorageUnavailable("the agent is stopping")
+            self._pending.append(slot)
+            leading = self._leader is None
+            if leading:
+                self._leader = slot
+        if not leading:
+            woken = slot.wake.acquire(timeout=self.wait_seconds)
+            with self._mutex:
+                leading = not slot.done and self._leader is slot
+                if not (slot.done or leading or woken):
+                    slot.abandoned = True
+                    raise StorageUnavailable("the database did not answer in time")
+        if leading:
+            self._lead(slot)
+        if isinstance(slot.result, BaseException):
+            raise slot.result
+        return slot.result
 
-    def _run(self) -> None:
-        self.db.connect(reuse_if_open=True)
-        try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    break
-                jobs, stop = self._drain(first)
-                self._commit_group(jobs)
-                if stop:
-                    break
-        finally:
-            # Anything submitted after the stop marker still gets an answer.
-            while True:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not _STOP:
-                    job.future.set_result(StorageUnavailable("the agent is stopping"))
-            self.db.close()
+    def _lead(self, own: _Slot) -> None:
+        while True:
+            with self._mutex:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: len(batch)]
+            if batch:
+                self._commit_group(batch)
+                for slot in batch:
+                    if slot is not own:
+                        slot.wake.release()
+            with self._mutex:
+                if own.done:
+                    # Abandoned slots cannot lead: nobody waits on them.
+                    successor = next((s for s in self._pending if not s.abandoned), None)
+                    if successor is not None or not self._pending:
+                        self._leader = successor
+                        if successor is not None:
+                            successor.wake.release()
+                        else:
+                            self._idle.notify_all()
+                        return
 
-    def _drain(self, first: _Job) -> tuple[list[_Job], bool]:
-        jobs = [first]
-        while len(jobs) < self.max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is _STOP:
-                return jobs, True
-            jobs.append(job)
-        return jobs, False
-
-    def _commit_group(self, jobs: list[_Job]) -> None:
+    def _commit_group(self, slots: list[_Slot]) -> None:
         results: list[Any] = []
         try:
             with self.db.atomic():
-                # Consecutive jobs of the same kind run as one batch; order is kept so
+                # Consecutive changes of the same kind run as one batch; order is kept so
                 # a ticket stored and then expired in the same group ends up expired.
-                for op, group in groupby(jobs, key=lambda job: job.op):
-                    results.extend(self._apply(op, [job.payload for job in group]))
+                for op, group in groupby(slots, key=lambda slot: slot.op):
+                    results.extend(self._apply(op, [slot.payload for slot in group]))
         except Exception as exc:  # the commit itself failed: nothing of the group is stored
-            log.error("database commit failed for %d changes: %s", len(jobs), exc)
+            log.error("database commit failed for %d changes: %s", len(slots), exc)
             self.last_error = str(exc)
-            failure = StorageUnavailable(f"the database refused the write: {exc}")
-            for job in jobs:
-                job.future.set_result(failure)
-            return
-        self.commits += 1
-        self.last_error = None
-        for job, result in zip(jobs, results):
-            job.future.set_result(result)
+            results = [StorageUnavailable(f"the database refused the write: {exc}")] * len(slots)
+        else:
+            self.commits += 1
+            self.last_error = None
+        for slot, result in zip(slots, results):
+            slot.result = result
+            slot.done = True
 
     def _apply(self, op: BatchOp, payloads: list[Any]) -> list[Any]:
         try:

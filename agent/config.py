@@ -1,0 +1,936 @@
+"""Store configuration: one TOML file, validated with pydantic v2.
+
+Where the file comes from (see :func:`load_config`):
+
+1. an explicit path (the ``--config`` option of ``ticket-agent``);
+2. else the file named by the ``TICKET_AGENT_CONFIG`` environment variable;
+3. else the embedded demo defaults (:func:`default_config`, ``is_demo`` True),
+   meant only for trying the agent.
+
+Every problem is reported as a :class:`ConfigError` whose text can be shown
+as-is to the store's IT person: the file path, then one line per problem
+written ``path.to.key: problem`` (e.g. ``companies[0].branches[1].timezone:
+unknown time zone "America/Mexico"``).
+
+Relative paths (``server.data_dir`` and the path of a ``file:`` printer)
+are relative to the directory holding the configuration file; for the demo
+defaults, to the current working directory.  ``file:`` printer paths are
+made absolute while loading, so ``BranchConfig.printer`` can be used as-is.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import difflib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import string
+import tomllib
+import typing
+import zoneinfo
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "DEFAULT_CONFIG_ENV",
+    "PORTAL_PLACEHOLDERS",
+    "TAX_REGIMES",
+    "PERIODICITIES",
+    "ConfigError",
+    "ServerConfig",
+    "UpstreamConfig",
+    "BranchConfig",
+    "CompanyConfig",
+    "Config",
+    "load_config",
+    "default_config",
+    "starter_config_text",
+]
+
+DEFAULT_CONFIG_ENV = "TICKET_AGENT_CONFIG"
+
+#: SAT catalogue c_RegimenFiscal (CFDI 4.0).
+TAX_REGIMES: tuple[str, ...] = (
+    "601", "603", "605", "606", "607", "608", "610", "611", "612", "614",
+    "615", "616", "620", "621", "622", "623", "624", "625", "626",
+)
+TaxRegime = Literal[
+    "601", "603", "605", "606", "607", "608", "610", "611", "612", "614",
+    "615", "616", "620", "621", "622", "623", "624", "625", "626",
+]
+assert typing.get_args(TaxRegime) == TAX_REGIMES
+
+#: Periodicidad of the factura global (SAT c_Periodicidad 01..05).
+PERIODICITIES: tuple[str, ...] = ("day", "week", "fortnight", "month", "two_months")
+Periodicity = Literal["day", "week", "fortnight", "month", "two_months"]
+assert typing.get_args(Periodicity) == PERIODICITIES
+
+#: Placeholders allowed in ``companies.portal_url``.
+PORTAL_PLACEHOLDERS: tuple[str, ...] = ("company", "branch", "ticket", "total", "date")
+
+_DEMO_SOURCE = "<embedded demo defaults>"
+
+
+# --------------------------------------------------------------------------
+# errors
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used.
+
+    ``str(err)`` is ready to print: a first line naming the file, then one
+    line per problem (``  path.to.key: problem``).  ``err.source`` is the file
+    path (or ``<embedded demo defaults>``), ``err.problems`` the list of
+    ``"path.to.key: problem"`` strings.
+    """
+
+    def __init__(self, source: str | os.PathLike[str], problems: list[str], summary: str | None = None):
+        self.source = str(source)
+        self.problems = list(problems)
+        if summary is None:
+            n = len(self.problems)
+            summary = f"has {n} problem{'s' if n != 1 else ''}"
+        self.summary = summary
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        head = f"Configuration file {self.source} {self.summary}:"
+        return "\n".join([head, *("  " + p for p in self.problems)])
+
+
+def _problem(message: str, *, at: tuple[Any, ...] = ()) -> PydanticCustomError:
+    """A validation error whose message is used verbatim (no pydantic prefix).
+
+    ``at`` is appended to the error location (used by list-level checks such
+    as duplicate ids, so the report points at the offending entry)."""
+    return PydanticCustomError("config", "{problem}", {"problem": message, "at": at})
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """Render a value the way it would be written in TOML."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, (list, tuple)):
+        text = "a list"
+    else:
+        text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"true/false ({_show(value)})"
+    if isinstance(value, int):
+        return f"a number ({_show(value)})"
+    if isinstance(value, float):
+        return f"a decimal number ({_show(value)})"
+    if isinstance(value, str):
+        return f"text ({_show(value)})"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return "a date/time (dates and times must be written in quotes)"
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------
+# models
+
+
+class _Model(BaseModel):
+    # strict: TOML values are already typed; "16" for an int or 601 for a
+    # quoted code is a mistake worth reporting, not something to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[ipv6]:port``; raise ValueError(plain English)."""
+    example = 'write it as host:port, e.g. "0.0.0.0:8572", "127.0.0.1:8572" or "[::]:8572"'
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{_show(value)} must not contain spaces; {example}")
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(f"{_show(value)} has a [ without a closing ]; {example}")
+        host, rest = value[1:end], value[end + 1 :]
+        if not rest.startswith(":"):
+            raise ValueError(f"{_show(value)} has no port after the ]; {example}")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{_show(host)} inside [ ] is not an IPv6 address; {example}") from None
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"{_show(value)} has no port; {example}")
+        if not host:
+            raise ValueError(f"{_show(value)} has no host before the port; {example}")
+        if ":" in host:
+            raise ValueError(f"{_show(value)}: IPv6 addresses must be written in brackets, e.g. \"[::]:8572\"")
+        if not _HOST_RE.match(host):
+            raise ValueError(f"{_show(host)} is not a valid host name or IP address; {example}")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"port {_show(port_text)} is not a number; {example}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return host, port
+
+
+class ServerConfig(_Model):
+    """``[server]``: how the agent listens and where it keeps its files."""
+
+    listen: str = "0.0.0.0:8572"
+    data_dir: str = Field(default="data", min_length=1)
+    public_url: str = ""
+    threads: int = Field(default=16, ge=1, le=256)
+    max_body_kb: int = Field(default=1024, ge=1, le=65536)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        try:
+            _parse_listen(v)
+        except ValueError as e:
+            raise _problem(str(e)) from None
+        return v
+
+    @field_validator("data_dir")
+    @classmethod
+    def _check_data_dir(cls, v: str) -> str:
+        if not v.strip():
+            raise _problem("must not be empty (it is the folder for the database and files)")
+        if "\x00" in v:
+            raise _problem("contains a NUL character")
+        return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, v: str) -> str:
+        if v == "":
+            return v
+        hint = 'it must look like "https://tienda.example.com" or "http://192.168.1.10:8572" (or be "" to use the address the request came to)'
+        if any(c.isspace() for c in v):
+            raise _problem(f"{_show(v)} must not contain spaces; {hint}")
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _problem(f"{_show(v)} is not an http:// or https:// address; {hint}")
+        if parts.query or parts.fragment:
+            raise _problem(f"{_show(v)} must not contain ? or #; {hint}")
+        return v.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        """Host part of ``listen`` (IPv6 without brackets, e.g. ``"::"``)."""
+        return _parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _parse_listen(self.listen)[1]
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_kb * 1024
+
+
+class UpstreamConfig(_Model):
+    """``[upstream]``: who stamps (timbra) the invoices."""
+
+    kind: Literal["sandbox"] = "sandbox"
+
+
+_BRANCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_POSTAL_RE = re.compile(r"^[0-9]{5}$")
+
+
+def _resolve_against(base_dir: Path, p: str | os.PathLike[str]) -> Path:
+    path = Path(p).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    return Path(os.path.normpath(path))
+
+
+class BranchConfig(_Model):
+    """``[[companies.branches]]``: one store (sucursal) of a company."""
+
+    id: str
+    name: str = Field(min_length=1, max_length=100)
+    postal_code: str
+    timezone: str = "America/Mexico_City"
+    global_series: str = Field(min_length=1, max_length=25)
+    printer: str
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not _BRANCH_ID_RE.match(v):
+            if not v:
+                raise _problem("must not be empty")
+            if len(v) > 64:
+                raise _problem(f"is {len(v)} characters long; at most 64 are allowed")
+            bad = sorted({c for c in v if not (c.isascii() and (c.isalnum() or c in "_-"))})
+            raise _problem(
+                f"{_show(v)} contains {' '.join(repr(c) for c in bad)}; only letters A-Z a-z, digits, _ and - are allowed"
+            )
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not v.strip():
+            raise _problem("must not be empty")
+        return v
+
+    @field_validator("postal_code")
+    @classmethod
+    def _check_postal(cls, v: str) -> str:
+        if not _POSTAL_RE.match(v):
+            raise _problem(f"{_show(v)} is not a postal code; it must be exactly 5 digits, e.g. \"68050\"")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except Exception:  # ZoneInfoNotFoundError, ValueError, OSError...
+            known = zoneinfo.available_timezones()
+            if not known:
+                raise _problem(
+                    f"unknown time zone {_show(v)} (this computer has no time zone database; install the tzdata package)"
+                ) from None
+            close = difflib.get_close_matches(v, sorted(known), n=1, cutoff=0.6)
+            hint = f'did you mean "{close[0]}"?' if close else 'use a name like "America/Mexico_City", "America/Cancun" or "America/Tijuana"'
+            raise _problem(f"unknown time zone {_show(v)}; {hint}") from None
+        return v
+
+    @field_validator("global_series")
+    @classmethod
+    def _check_series(cls, v: str) -> str:
+        if not v.strip():
+            raise _problem("must not be empty")
+        if "|" in v:
+            raise _problem(f"{_show(v)} must not contain |")
+        return v
+
+    @field_validator("printer")
+    @classmethod
+    def _check_printer(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip():
+            raise _problem('must not be empty (write "none" for no printer)')
+        if v.startswith("file:"):
+            target = v[len("file:") :]
+            if target.startswith("//"):  # file:///abs/dir URL form
+                target = urlsplit(v).path
+            if not target:
+                raise _problem('"file:" needs a folder after it, e.g. "file:data/prints"')
+            base = (info.context or {}).get("base_dir")
+            if base is not None:
+                return "file:" + str(_resolve_against(Path(base), target))
+        return v
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        """The branch's time zone (``zoneinfo`` caches instances by key)."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def printer_path(self) -> Path | None:
+        """The folder of a ``file:`` printer (absolute once loaded), else None."""
+        if self.printer.startswith("file:"):
+            return Path(self.printer[len("file:") :])
+        return None
+
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_RFC_RE = re.compile(r"^([A-ZÑ&]{3,4})([0-9]{2})([0-9]{2})([0-9]{2})([A-Z0-9]{3})$")
+_GENERIC_RFCS = {
+    "XAXX010101000": "the generic RFC for the general public",
+    "XEXX010101000": "the generic RFC for foreign customers",
+}
+
+
+class CompanyConfig(_Model):
+    """``[[companies]]``: one issuer (emisor) with its credentials and branches."""
+
+    key: str
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=128, repr=False)
+    rfc: str
+    legal_name: str = Field(min_length=1, max_length=254)
+    tax_regime: TaxRegime
+    periodicity: Periodicity = "day"
+    self_invoice_days: int = Field(default=7, ge=0, le=365)
+    portal_url: str
+    branches: tuple[BranchConfig, ...] = Field(min_length=1, strict=False)
+
+    _branch_index: dict[str, BranchConfig] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._branch_index = {b.id: b for b in self.branches}
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, v: str) -> str:
+        if not _KEY_RE.match(v):
+            if len(v) < 8:
+                raise _problem(f"is {len(v)} characters long; it must have 8 to 64 (40 random hex characters is typical)")
+            if len(v) > 64:
+                raise _problem(f"is {len(v)} characters long; it must have 8 to 64")
+            bad = sorted({c for c in v if not (c.isascii() and (c.isalnum() or c in "_-"))})
+            raise _problem(
+                f"contains {' '.join(repr(c) for c in bad)}; only letters A-Z a-z, digits, _ and - are allowed"
+            )
+        return v
+
+    @field_validator("username")
+    @classmethod
+    def _check_username(cls, v: str) -> str:
+        if ":" in v:
+            raise _problem(f"{_show(v)} must not contain ':' (HTTP Basic authentication cannot carry it)")
+        return v
+
+    @field_validator("rfc")
+    @classmethod
+    def _check_rfc(cls, v: str) -> str:
+        rfc = v.strip().upper()
+        m = _RFC_RE.match(rfc)
+        if not m:
+            raise _problem(
+                f"{_show(v)} is not a valid RFC: expected 3 letters (company) or 4 letters (person), "
+                'a date YYMMDD and a 3-character homoclave, e.g. "EKU9003173C9"'
+            )
+        if rfc in _GENERIC_RFCS:
+            raise _problem(f"{_show(v)} is {_GENERIC_RFCS[rfc]}; use the company's own RFC")
+        month, day = int(m.group(3)), int(m.group(4))
+        if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(2000, month)[1]):
+            raise _problem(f"{_show(v)} is not a valid RFC: {m.group(2)}{m.group(3)}{m.group(4)} is not a date (YYMMDD)")
+        return rfc
+
+    @field_validator("legal_name")
+    @classmethod
+    def _check_legal_name(cls, v: str) -> str:
+        if not v.strip():
+            raise _problem("must not be empty")
+        return v
+
+    @field_validator("periodicity")
+    @classmethod
+    def _check_periodicity(cls, v: str, info: ValidationInfo) -> str:
+        regime = info.data.get("tax_regime")
+        if v == "two_months" and regime is not None and regime != "621":
+            raise _problem(
+                f'"two_months" is only allowed when tax_regime is "621" (Incorporación Fiscal); '
+                f"this company has tax_regime {_show(regime)}"
+            )
+        return v
+
+    @field_validator("portal_url")
+    @classmethod
+    def _check_portal_url(cls, v: str) -> str:
+        allowed = " ".join("{%s}" % p for p in PORTAL_PLACEHOLDERS)
+        try:
+            parts = list(string.Formatter().parse(v))
+        except ValueError:
+            raise _problem(f"has an unmatched {{ or }}; allowed placeholders are {allowed}") from None
+        for _literal, field, spec, conversion in parts:
+            if field is None:
+                continue
+            if field == "" or field.isdigit():
+                raise _problem(f"has an empty or numbered placeholder {{{field}}}; allowed placeholders are {allowed}")
+            if field not in PORTAL_PLACEHOLDERS:
+                raise _problem(f"unknown placeholder {{{field}}}; allowed placeholders are {allowed}")
+            if spec or conversion:
+                raise _problem(f"placeholder {{{field}}} must be written plainly, without ! or : options")
+        sample = v.format(company="c", branch="b", ticket="t", total="1.00", date="2024-01-31")
+        u = urlsplit(sample)
+        if any(c.isspace() for c in sample) or u.scheme not in ("http", "https") or not u.netloc:
+            raise _problem(
+                f"{_show(v)} is not an http:// or https:// address, e.g. "
+                '"https://facturacion.example.com/{company}/{branch}/{ticket}"'
+            )
+        return v
+
+    @field_validator("branches")
+    @classmethod
+    def _check_unique_branches(cls, v: tuple[BranchConfig, ...]) -> tuple[BranchConfig, ...]:
+        seen: dict[str, int] = {}
+        for i, b in enumerate(v):
+            if b.id in seen:
+                raise _problem(
+                    f"branch id {_show(b.id)} is already used by branches[{seen[b.id]}] of this company",
+                    at=(i, "id"),
+                )
+            seen[b.id] = i
+        return v
+
+    def branch(self, branch_id: str) -> BranchConfig | None:
+        return self._branch_index.get(branch_id)
+
+    def check_credentials(self, username: str, password: str) -> bool:
+        """Constant-time comparison of HTTP Basic credentials."""
+        u = secrets.compare_digest(username.encode("utf-8"), self.username.encode("utf-8"))
+        p = secrets.compare_digest(password.encode("utf-8"), self.password.encode("utf-8"))
+        return u and p
+
+    def portal_link(self, *, branch: str, ticket: str, total: Any = "", date: Any = "") -> str:
+        """``portal_url`` with its placeholders filled (each value URL-quoted)."""
+        values = {"company": self.key, "branch": branch, "ticket": ticket, "total": total, "date": date}
+        return self.portal_url.format(**{k: quote(str(val), safe="") for k, val in values.items()})
+
+
+class Config(_Model):
+    """The whole file.  Build it with :func:`load_config` / :func:`default_config`."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    companies: tuple[CompanyConfig, ...] = Field(min_length=1, strict=False)
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _is_demo: bool = PrivateAttr(default=False)
+    _source: Path | None = PrivateAttr(default=None)
+    _company_index: dict[str, CompanyConfig] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._company_index = {c.key: c for c in self.companies}
+        base = context.get("base_dir") if isinstance(context, Mapping) else None
+        if base is not None:
+            self._base_dir = Path(base)
+
+    @field_validator("companies")
+    @classmethod
+    def _check_unique_companies(cls, v: tuple[CompanyConfig, ...]) -> tuple[CompanyConfig, ...]:
+        seen: dict[str, int] = {}
+        for i, c in enumerate(v):
+            if c.key in seen:
+                raise _problem(
+                    f"company key {_show(c.key)} is already used by companies[{seen[c.key]}]; each company needs its own key",
+                    at=(i, "key"),
+                )
+            seen[c.key] = i
+        return v
+
+    @property
+    def is_demo(self) -> bool:
+        """True for the embedded demo defaults (not for a real file)."""
+        return self._is_demo
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory relative paths are resolved against (absolute)."""
+        return self._base_dir
+
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was read from (None for the demo)."""
+        return self._source
+
+    @property
+    def data_dir_path(self) -> Path:
+        return self.resolve_path(self.server.data_dir)
+
+    def resolve_path(self, p: str | os.PathLike[str]) -> Path:
+        """Absolute path for ``p``; relative paths are taken from :attr:`base_dir`."""
+        return _resolve_against(self._base_dir, p)
+
+    def company(self, key: str) -> CompanyConfig | None:
+        return self._company_index.get(key)
+
+
+# --------------------------------------------------------------------------
+# pydantic errors -> plain English
+
+_SECTION_NAMES: dict[type[BaseModel], str] = {
+    Config: "the top level of the file",
+    ServerConfig: "[server]",
+    UpstreamConfig: "[upstream]",
+    CompanyConfig: "[[companies]]",
+    BranchConfig: "[[companies.branches]]",
+}
+
+
+def _field_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside ``Model`` / ``tuple[Model, ...]`` / ``list[Model]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        model = _field_model(model.model_fields[part].annotation)
+    return model
+
+
+def _field_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str | None]:
+    names = [p for p in loc if isinstance(p, str)]
+    if not names:
+        return None, None
+    i = max(i for i, p in enumerate(loc) if isinstance(p, str))
+    return _model_at(loc[:i]), loc[i]
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    key = str(loc[-1])
+    model = _model_at(loc[:-1])
+    msg = "unknown key"
+    if model is None:
+        return msg
+    if model is Config and key == "branches":
+        return msg + "; branches belong to a company: write [[companies.branches]] after its [[companies]] table"
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return msg + f' (did you mean "{close[0]}"?)'
+    others = [(o, sec) for o, sec in _SECTION_NAMES.items() if o is not model]
+    for other, section in others:
+        if key in other.model_fields:
+            hint = f"; {key} is a setting of {section}"
+            if model is BranchConfig and other is CompanyConfig:
+                hint += ", so write it before the first [[companies.branches]] of this company"
+            elif model is Config:
+                hint += f", so write it after the {section} line"
+            return msg + hint
+    for other, section in others:
+        close = difflib.get_close_matches(key, list(other.model_fields), n=1, cutoff=0.75)
+        if close:
+            return msg + f' (did you mean "{close[0]}"? that is a setting of {section})'
+    return msg
+
+
+def _literal_choices(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    model, name = _field_at(loc)
+    if model is None or name not in model.model_fields:
+        return ()
+    return tuple(str(a) for a in typing.get_args(model.model_fields[name].annotation))
+
+
+def _translate(err: Mapping[str, Any]) -> tuple[tuple[Any, ...], str]:
+    loc = tuple(err.get("loc", ()))
+    typ = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    secret = bool(loc) and loc[-1] == "password"
+    got = "" if secret else f" (got {_show(value)})"
+
+    if "problem" in ctx:
+        return loc + tuple(ctx.get("at") or ()), str(ctx["problem"])
+    if typ == "extra_forbidden":
+        return loc, _unknown_key_message(loc)
+    if typ == "missing":
+        if loc == ("companies",):
+            return loc, "at least one [[companies]] table is required"
+        if loc and loc[-1] == "branches":
+            return loc, "this company needs at least one [[companies.branches]] table"
+        return loc, "required key is missing"
+    if typ == "too_short" and loc == ("companies",):
+        return loc, "at least one [[companies]] table is required"
+    if typ == "too_short" and loc and loc[-1] == "branches":
+        return loc, "this company needs at least one [[companies.branches]] table"
+    if typ == "string_type":
+        example = f'"{value}"' if isinstance(value, (int, float)) and not isinstance(value, bool) else '"..."'
+        if secret:
+            return loc, f"must be text in quotes, e.g. {loc[-1]} = \"...\""
+        return loc, f"must be text in quotes, e.g. {loc[-1]} = {example}; got {_kind(value)}"
+    if typ in ("int_type", "int_parsing", "int_from_float"):
+        return loc, f"must be a whole number without quotes; got {_kind(value)}"
+    if typ in ("model_type", "dict_type", "model_attributes_type"):
+        model = _model_at(loc)
+        section = _SECTION_NAMES.get(model, "a table") if model else "a table"
+        return loc, f"must be a table ({section}); got {_kind(value)}"
+    if typ in ("tuple_type", "list_type"):
+        if loc and loc[-1] == "companies":
+            return loc, "must be a list of tables: write [[companies]] (two brackets), not [companies]"
+        if loc and loc[-1] == "branches":
+            return loc, "must be a list of tables: write [[companies.branches]] (two brackets)"
+        return loc, f"must be a list; got {_kind(value)}"
+    if typ == "literal_error":
+        choices = _literal_choices(loc)
+        listed = ", ".join(f'"{c}"' for c in choices) if choices else str(ctx.get("expected", ""))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in choices:
+            return loc, f'must be written in quotes: {loc[-1]} = "{value}"'
+        return loc, f"must be one of {listed}{got}"
+    if typ == "string_too_short":
+        n = ctx.get("min_length", 1)
+        return loc, "must not be empty" if n == 1 else f"must have at least {n} characters"
+    if typ == "string_too_long":
+        return loc, f"must have at most {ctx.get('max_length')} characters" + ("" if secret else f" (it has {len(value)})")
+    if typ in ("greater_than_equal", "greater_than"):
+        bound = ctx.get("ge", ctx.get("gt"))
+        return loc, f"must be at least {bound}{got}"
+    if typ in ("less_than_equal", "less_than"):
+        bound = ctx.get("le", ctx.get("lt"))
+        return loc, f"must be at most {bound}{got}"
+    if typ == "bool_type":
+        return loc, f"must be true or false; got {_kind(value)}"
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return loc, msg + ("" if secret else f"{got}")
+
+
+def _problems_from(exc: ValidationError) -> list[str]:
+    errors = exc.errors(include_url=False)
+    locs = [tuple(e.get("loc", ())) for e in errors]
+    out: list[str] = []
+    for err, loc in zip(errors, locs):
+        # "list should have at least 1 item after validation" is noise when an
+        # item of that list already failed.
+        if err.get("type") == "too_short" and any(o[: len(loc)] == loc and len(o) > len(loc) for o in locs):
+            continue
+        where, text = _translate(err)
+        line = f"{_format_loc(where)}: {text}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
+# --------------------------------------------------------------------------
+# loading
+
+_TOML_POS_RE = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
+_TOML_HINTS = (
+    ("Invalid value", "text values need double quotes, e.g. name = \"Centro\""),
+    ("Expected newline or end of document", "one setting per line; text values need double quotes"),
+    ("Cannot overwrite a value", "this key is set twice"),
+    ("twice", "this table header appears twice; use [[...]] for repeated tables like [[companies]]"),
+)
+
+
+def _toml_problem(text: str, err: tomllib.TOMLDecodeError) -> str:
+    message = str(err)
+    m = _TOML_POS_RE.search(message)
+    reason = message[: m.start()] if m else message
+    hint = next((h for needle, h in _TOML_HINTS if needle in reason), "")
+    reason = reason + (f" ({hint})" if hint else "")
+    if m and m.group(1):
+        lineno, col = int(m.group(1)), int(m.group(2))
+        lines = text.splitlines()
+        src = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+        where = f"line {lineno}, column {col}"
+        return f"{where}: {reason}" + (f"  [the line reads: {src}]" if src else "")
+    if m:
+        return f"end of file: {reason} (something was left open: a quote, [ or {{)"
+    return reason
+
+
+def _build(data: Mapping[str, Any], *, base_dir: Path, source: str, path: Path | None, demo: bool) -> Config:
+    try:
+        cfg = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as e:
+        raise ConfigError(source, _problems_from(e)) from None
+    cfg._base_dir = base_dir
+    cfg._source = path
+    cfg._is_demo = demo
+    return cfg
+
+
+def _load_file(path: Path, origin: str) -> Config:
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(shown, [f"file not found ({origin})"], "cannot be used") from None
+    except IsADirectoryError:
+        raise ConfigError(shown, [f"this is a folder, not a file ({origin})"], "cannot be used") from None
+    except PermissionError:
+        raise ConfigError(shown, ["permission denied: the agent's user cannot read this file"], "cannot be used") from None
+    except OSError as e:
+        raise ConfigError(shown, [f"cannot read the file: {e.strerror or e}"], "cannot be used") from None
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate the BOM some Windows editors add
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            shown, [f"line {line}: the file is not UTF-8 text; save it as UTF-8"], "cannot be used"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(shown, [_toml_problem(text, e)], "is not valid TOML") from None
+    return _build(data, base_dir=path.parent, source=shown, path=path, demo=False)
+
+
+def load_config(path: str | os.PathLike[str] | None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    ``path`` given -> that file; else the file named by ``TICKET_AGENT_CONFIG``
+    in ``env`` (default ``os.environ``; an empty value counts as unset); else
+    the embedded demo defaults (``is_demo`` True).  Raises :class:`ConfigError`.
+    """
+    if env is None:
+        env = os.environ
+    if path is not None and str(path) != "":
+        origin = "given with --config"
+        chosen: str | os.PathLike[str] = path
+    elif env.get(DEFAULT_CONFIG_ENV):
+        origin = f"named by the {DEFAULT_CONFIG_ENV} environment variable"
+        chosen = env[DEFAULT_CONFIG_ENV]
+    else:
+        return default_config()
+    return _load_file(Path(os.path.abspath(Path(chosen).expanduser())), origin)
+
+
+# The demo defaults.  Credentials tepox/tepox and these ids match the curl
+# examples of the POS contract.  For trying the agent only.
+_DEMO_TOML = """\
+[server]
+listen = "0.0.0.0:8572"
+data_dir = "data"
+public_url = ""
+threads = 16
+max_body_kb = 1024
+
+[upstream]
+kind = "sandbox"
+
+[[companies]]
+key = "b391655ac2242d85ddd36d37b482259b1b7dfc1c"
+username = "tepox"
+password = "tepox"
+rfc = "EKU9003173C9"
+legal_name = "ESCUELA KEMPER URGATE"
+tax_regime = "601"
+periodicity = "day"
+self_invoice_days = 7
+portal_url = "https://facturacion.example.com/{company}/{branch}/{ticket}"
+
+[[companies.branches]]
+id = "dsfhjkajslfd45646412"
+name = "Centro"
+postal_code = "68050"
+timezone = "America/Mexico_City"
+global_series = "FG"
+printer = "file:data/prints"
+
+[[companies.branches]]
+id = "0dd6aebbea85662fd2fe2f76ce4258b3"
+name = "Norte"
+postal_code = "68000"
+timezone = "America/Mexico_City"
+global_series = "FN"
+printer = "file:data/prints"
+"""
+
+
+def default_config() -> Config:
+    """The embedded demo configuration (``is_demo`` True; paths from the cwd)."""
+    return _build(tomllib.loads(_DEMO_TOML), base_dir=Path.cwd(), source=_DEMO_SOURCE, path=None, demo=True)
+
+
+_STARTER_TEMPLATE = """\
+# ticket-agent configuration.  Reference: docs/configuration.md
+# Text values go in "double quotes"; numbers do not.  Lines starting with # are comments.
+# Relative paths are relative to the folder holding this file.
+
+[server]
+# Address and port the POS terminals connect to ("[::]:8572" for IPv6).
+listen = "0.0.0.0:8572"
+# Folder for the database, ticket previews and downloaded XML/PDF files.
+data_dir = "data"
+# Base of download links, e.g. "https://tienda.example.com"; "" = the address the request came to.
+public_url = ""
+# Requests handled at the same time (1-256).
+threads = 16
+# Largest request body accepted, in KB (1-65536).
+max_body_kb = 1024
+
+[upstream]
+# Who stamps (timbra) the invoices; only "sandbox" (test stamping) for now.
+kind = "sandbox"
+
+[[companies]]
+# The company's token in the POS URLs ({Token}/{keyEmpresa}); its identity in the local store, do not change it later.
+key = "%(key)s"
+# User name the POS sends with HTTP Basic authentication (no ':').
+username = "pos"
+# Password the POS sends with HTTP Basic authentication.
+password = "%(password)s"
+# The company's RFC, in uppercase (this is SAT's test RFC: replace it).
+rfc = "EKU9003173C9"
+# Legal name (razón social) exactly as on the Constancia de Situación Fiscal.
+legal_name = "ESCUELA KEMPER URGATE"
+# SAT c_RegimenFiscal code of the company, e.g. "601", "612", "626".
+tax_regime = "601"
+# How often the factura global is issued: "day", "week", "fortnight", "month" or "two_months" (regime 621 only).
+periodicity = "day"
+# Days a customer has to invoice a ticket themselves before it goes into the factura global (0-365).
+self_invoice_days = 7
+# Self-invoicing page printed as a QR on each ticket; may use {company} {branch} {ticket} {total} {date}.
+portal_url = "https://facturacion.example.com/{company}/{branch}/{ticket}"
+
+[[companies.branches]]
+# The branch (sucursal) id the POS sends; letters, digits, _ and - only.
+id = "matriz"
+# Branch name shown on slips and reports.
+name = "Matriz"
+# Postal code of the branch (LugarExpedicion of its invoices), 5 digits.
+postal_code = "68050"
+# Time zone of the branch, e.g. "America/Mexico_City", "America/Cancun", "America/Tijuana".
+timezone = "America/Mexico_City"
+# Serie of this branch's global invoices (1-25 characters).
+global_series = "FG"
+# Where slips are printed: "file:<folder>" writes them to files, "none" disables printing.
+printer = "file:data/prints"
+"""
+
+
+def starter_config_text(rng: Any = secrets) -> str:
+    """The commented starter TOML written by ``ticket-agent init``.
+
+    ``rng`` must provide ``token_hex(n)`` and ``token_urlsafe(n)`` (the
+    :mod:`secrets` module by default).  The result loads with
+    :func:`load_config`; key is 40 hex characters, user ``pos``, password
+    24 URL-safe characters.
+    """
+    key = rng.token_hex(20)
+    password = rng.token_urlsafe(18)
+    return _STARTER_TEMPLATE % {"key": key, "password": password}

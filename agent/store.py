@@ -135,21 +135,28 @@ class Store:
 
     def cfdi_rows(self, company: str, *, number: str | None = None, branch: str | None = None) -> Iterator[tuple]:
         """(ticket number, ticket branch, Cfdi) for every CFDI of the company's tickets,
-        cancelled ones included, oldest first; lazily, so 100,000 rows stream."""
+        cancelled ones included, oldest first, the tickets of one CFDI together.
+
+        Lazily and from raw rows: a company's history can be 100,000 rows, and a model
+        instance per row would cost more than writing the row out; one Cfdi is built
+        per CFDI and shared by its tickets."""
+        fields = Cfdi._meta.sorted_fields
         query = (
-            TicketCfdi.select(Ticket.number, Ticket.branch, Cfdi)
-            .join(Ticket, on=(TicketCfdi.ticket == Ticket.id))
-            .switch(TicketCfdi)
+            Ticket.select(Ticket.number, Ticket.branch, *fields)
+            .join(TicketCfdi, on=(TicketCfdi.ticket == Ticket.id))
             .join(Cfdi, on=(TicketCfdi.cfdi == Cfdi.id))
             .where(Ticket.company == company)
-            .order_by(Cfdi.created_at, Ticket.id)
+            .order_by(Cfdi.created_at, Cfdi.id, Ticket.id)
         )
         if number is not None:
             query = query.where(Ticket.number == number)
         if branch is not None:
             query = query.where(Ticket.branch == branch)
-        for row in query.objects().iterator():
-            yield row.number, row.branch, row.cfdi
+        current = None
+        for ticket_number, ticket_branch, *values in self.db.execute_sql(*query.sql()):
+            if current is None or values[0] != current.id:
+                current = Cfdi(**{field.name: field.python_value(value) for field, value in zip(fields, values)})
+            yield ticket_number, ticket_branch, current
 
     def cfdi(self, company: str, cfdi_id: str) -> Cfdi | None:
         return Cfdi.select().where((Cfdi.company == company) & (Cfdi.id == cfdi_id)).first()
@@ -351,31 +358,36 @@ def _record_cfdis(batch: Sequence[tuple]) -> list:
     now = utcnow()
     results: list = []
     for cfdi, ticket_ids, (xml_file, pdf_file) in batch:
-        tickets = list(Ticket.select().where(Ticket.id.in_(ticket_ids)))
-        if len(tickets) != len(set(ticket_ids)) or any(t.company != cfdi.company for t in tickets):
+        ids = sorted(set(ticket_ids))
+        columns = (Ticket.id, Ticket.company, Ticket.cfdi)
+        tickets = [t for chunk in _chunks(ids) for t in Ticket.select(*columns).where(Ticket.id.in_(chunk)).tuples()]
+        if len(tickets) != len(ids) or any(company != cfdi.company for _, company, _ in tickets):
             results.append(ValueError("a CFDI must cover existing tickets of its own company"))
             continue
-        taken = next((t for t in tickets if t.cfdi_id is not None), None)
+        taken = next((ticket_id for ticket_id, _, cfdi_id in tickets if cfdi_id is not None), None)
         if taken is not None:
-            results.append(TicketConflict.of(taken, "invoice"))
+            results.append(TicketConflict.of(Ticket.get_by_id(taken), "invoice"))
             continue
-        row = Cfdi.create(
-            **cfdi.__dict__,
-            status=CFDI_VALID,
-            xml_file=xml_file,
-            pdf_file=pdf_file,
-            created_at=now,
-        )
+        row = Cfdi.create(**cfdi.__dict__, status=CFDI_VALID, xml_file=xml_file, pdf_file=pdf_file, created_at=now)
         status = INVOICED if cfdi.kind == CUSTOMER_CFDI else IN_GLOBAL
-        Ticket.update(cfdi=row.id, status=status, updated_at=now, version=Ticket.version + 1).where(
-            Ticket.id.in_(ticket_ids)
-        ).execute()
-        TicketCfdi.insert_many([{"ticket": tid, "cfdi": row.id} for tid in ticket_ids]).execute()
-        TicketEvent.insert_many(
-            [{"ticket": tid, "at": now, "kind": "cfdi", "detail": f"{cfdi.kind} {cfdi.uuid}"} for tid in ticket_ids]
-        ).execute()
+        event = f"{cfdi.kind} {cfdi.uuid}"
+        for chunk in _chunks(ids):
+            Ticket.update(cfdi=row.id, status=status, updated_at=now, version=Ticket.version + 1).where(
+                Ticket.id.in_(chunk)
+            ).execute()
+            TicketCfdi.insert_many([(tid, row.id) for tid in chunk], fields=[TicketCfdi.ticket, TicketCfdi.cfdi]).execute()
+            TicketEvent.insert_many(
+                [(tid, now, "cfdi", event) for tid in chunk],
+                fields=[TicketEvent.ticket, TicketEvent.at, TicketEvent.kind, TicketEvent.detail],
+            ).execute()
         results.append(row)
     return results
+
+
+def _chunks(values: Sequence, size: int = 500):
+    """Slices small enough for SQLite's limit on bound variables per statement."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _record_cancellations(batch: Sequence[tuple]) -> list:
@@ -397,21 +409,20 @@ def _record_cancellations(batch: Sequence[tuple]) -> list:
         )
         ticket_ids = [t.id for t in Ticket.select(Ticket.id).where(Ticket.cfdi == cfdi_id)]
         if replacement is not None:
-            new_status = INVOICED if replacement.kind == CUSTOMER_CFDI else IN_GLOBAL
-            Ticket.update(cfdi=replacement.id, status=new_status, updated_at=now).where(
-                Ticket.id.in_(ticket_ids)
-            ).execute()
-            TicketCfdi.insert_many(
-                [{"ticket": tid, "cfdi": replacement.id} for tid in ticket_ids]
-            ).on_conflict_ignore().execute()
+            changes = dict(cfdi=replacement.id, status=INVOICED if replacement.kind == CUSTOMER_CFDI else IN_GLOBAL)
             detail = f"CFDI {cfdi.uuid} cancelled (motive {motive}), replaced by {replacement.uuid}"
         else:
-            back_to = STORED if cfdi.kind == CUSTOMER_CFDI else EXPIRED
-            Ticket.update(cfdi=None, status=back_to, updated_at=now).where(Ticket.id.in_(ticket_ids)).execute()
-            detail = f"CFDI {cfdi.uuid} cancelled (motive {motive}); ticket back to {back_to}"
-        if ticket_ids:
+            changes = dict(cfdi=None, status=STORED if cfdi.kind == CUSTOMER_CFDI else EXPIRED)
+            detail = f"CFDI {cfdi.uuid} cancelled (motive {motive}); ticket back to {changes['status']}"
+        for chunk in _chunks(ticket_ids):
+            Ticket.update(**changes, updated_at=now, version=Ticket.version + 1).where(Ticket.id.in_(chunk)).execute()
+            if replacement is not None:
+                TicketCfdi.insert_many(
+                    [(tid, replacement.id) for tid in chunk], fields=[TicketCfdi.ticket, TicketCfdi.cfdi]
+                ).on_conflict_ignore().execute()
             TicketEvent.insert_many(
-                [{"ticket": tid, "at": now, "kind": "cfdi_cancelled", "detail": detail} for tid in ticket_ids]
+                [(tid, now, "cfdi_cancelled", detail) for tid in chunk],
+                fields=[TicketEvent.ticket, TicketEvent.at, TicketEvent.kind, TicketEvent.detail],
             ).execute()
         results.append(Cfdi.get_by_id(cfdi_id))
     return results

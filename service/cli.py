@@ -1,18 +1,20 @@
 """The `ticket-agent` command."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from service import __version__
 from agent.config import DEFAULT_CONFIG_ENV, ConfigError, load_config, starter_config_text
 
 CONFIG_HELP = f"TOML configuration file (default: ${DEFAULT_CONFIG_ENV}, else the embedded demo defaults)."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pos-ticket-agent")
+@click.version_option(version=__version__, prog_name="ticket-agent")
 def cli():
     """pos-ticket-agent: keeps a store's POS tickets, prints their self-invoice QR and
     issues the factura global. See docs/cli.md."""
@@ -33,14 +35,17 @@ def _load(config_path: str | None):
               help="Log verbosity (logs go to standard error).")
 def serve(config_path, log_level):
     """Start the agent and serve the POS contract until stopped (Ctrl-C or SIGTERM)."""
-    from service.runner import serve as run_server, setup_logging
+    from service.runner import CannotListen, CannotOpenStore, serve as run_server, setup_logging
 
     config = _load(config_path)
     setup_logging(log_level.upper())
     try:
         run_server(config)
-    except OSError as exc:  # port taken, address not on this machine
+    except CannotListen as exc:  # port taken, address not on this machine
         click.echo(f"Cannot listen on {config.server.listen}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    except CannotOpenStore as exc:
+        click.echo(f"Cannot open the data directory {config.data_dir_path}: {exc.strerror or exc}", err=True)
         sys.exit(1)
 
 
@@ -54,8 +59,14 @@ def init(path, force):
     if target.exists() and not force:
         click.echo(f"{target} already exists; use --force to overwrite it.", err=True)
         sys.exit(1)
-    target.write_text(starter_config_text(), encoding="utf-8")
-    target.chmod(0o600)  # it holds the POS credentials
+    if not target.parent.is_dir():
+        click.echo(f"Folder {target.parent} does not exist; create it first.", err=True)
+        sys.exit(1)
+    # The file holds the POS credentials: it is created private, never readable first.
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(starter_config_text())
     click.echo(f"Wrote {target}. Edit the company and branch data, then run:")
     click.echo(f"  ticket-agent serve --config {target}")
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from typing import Callable
 
+from peewee import DatabaseError
 from waitress import create_server
 
 from agent.app import create_app
@@ -14,36 +16,72 @@ from agent.config import Config
 log = logging.getLogger("pos-ticket-agent")
 
 
+class CannotListen(OSError):
+    pass
+
+
+class CannotOpenStore(OSError):
+    pass
+
+
 def serve(config: Config, announce: Callable[[str], None] | None = None) -> None:
     announce = announce or (lambda line: print(line, flush=True))
-    app = create_app(config)
-    agent = app.config["AGENT"]
-    server = create_server(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        threads=config.server.threads,
-        # waitress must refuse an oversized body before buffering it, not just Flask.
-        max_request_body_size=config.server.max_body_kb * 1024,
-        ident="pos-ticket-agent",
-        # The POS holds one connection per terminal; a dead one is dropped after 2 min.
-        channel_timeout=120,
-        clear_untrusted_proxy_headers=True,
-    )
 
     def stop(signum, _frame):
         log.info("signal %s: finishing requests in flight and stopping", signum)
         raise SystemExit(0)
 
+    # Installed before the port is taken: a stop asked for during start-up is a clean stop.
     signal.signal(signal.SIGTERM, stop)
-    for line in banner(config, server.effective_port):
-        announce(line)
+    # Bind the port first: an agent that cannot listen must not touch the data directory.
     try:
+        sock = _listening_socket(config.server.host, config.server.port)
+    except OSError as exc:
+        raise CannotListen(exc.errno, exc.strerror or str(exc)) from exc
+    try:
+        app = create_app(config)
+    except (OSError, DatabaseError) as exc:
+        raise CannotOpenStore(getattr(exc, "errno", None), str(exc)) from exc
+    finally:
+        if "app" not in locals():
+            sock.close()
+    agent = app.config["AGENT"]
+    server = None
+    try:
+        for line in banner(config, sock.getsockname()[1]):
+            announce(line)
+        # waitress starts listening here: a client that can connect finds the agent ready.
+        server = create_server(
+            app,
+            sockets=[sock],
+            threads=config.server.threads,
+            # waitress must refuse an oversized body before buffering it, not just Flask.
+            max_request_body_size=config.server.max_body_kb * 1024,
+            ident="pos-ticket-agent",
+            # The POS holds one connection per terminal; a dead one is dropped after 2 min.
+            channel_timeout=120,
+            clear_untrusted_proxy_headers=True,
+        )
         server.run()  # returns after SystemExit, once worker threads finished their request
     finally:
-        server.close()
+        if server is not None:
+            server.close()
+        else:
+            sock.close()
         agent.close()
         log.info("stopped")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def banner(config: Config, port: int) -> list[str]:

@@ -3,7 +3,7 @@
 Both servers are started on 127.0.0.1 in the same run, loaded one after the other with the
 same clients and thread count, and compared. Figures only: this is not a test.
 
-    python bench/put_tickets.py [--seconds 15] [--clients 16] [--threads 16] [--only agent|bare]
+    python bench/put_tickets.py [--seconds 15] [--clients 16] [--threads 16] [--only agent|floor|bare]
                                 [--json PATH] [--tool auto|wrk|python]
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BARE_APP = Path(__file__).resolve().parent / "bare_app.py"
+FLOOR_APP = Path(__file__).resolve().parent / "durable_floor_app.py"
 HOST = "127.0.0.1"  # never anything else: this harness only talks to local servers
 
 KEY = "b391655ac2242d85ddd36d37b482259b1b7dfc1c"
@@ -84,6 +85,9 @@ global_series = "FG"
 printer = "none"
 """
 
+# agent: the real thing; floor: bare + a group-committed fsync of the body and nothing
+# else (bench/durable_floor_app.py); bare: a handler that only answers 200.
+SIDES = ["agent", "floor", "bare"]
 THROUGHPUT_TARGET = 0.8  # agent req/s >= 0.8 x bare req/s
 P99_TARGET = 2.0  # agent p99 <= 2 x bare p99
 
@@ -326,6 +330,9 @@ def run_side(name: str, args: argparse.Namespace, tmp: Path, load) -> dict:
         config.write_text(CONFIG.format(host=HOST, port=port, data_dir=json.dumps(str(data_dir)),
                                         threads=args.threads, key=KEY, branch=BRANCH))
         cmd = [sys.executable, "-m", "service.cli", "serve", "--config", str(config)]
+    elif name == "floor":
+        cmd = [sys.executable, str(FLOOR_APP), "--listen", f"{HOST}:{port}",
+               "--threads", str(args.threads), "--file", str(tmp / "floor.log")]
     else:
         cmd = [sys.executable, str(BARE_APP), "--listen", f"{HOST}:{port}",
                "--threads", str(args.threads)]
@@ -386,6 +393,14 @@ def report(args: argparse.Namespace, tool: str, results: dict, failures: dict) -
               f"{'met' if summary['throughput_target_met'] else 'NOT MET'})")
         print(f"p99 agent/bare:        {p99:.2f}x  (target <= {P99_TARGET}x: "
               f"{'met' if summary['p99_target_met'] else 'NOT MET'})")
+        if "floor" in results and results["floor"]["rps"]:
+            f = results["floor"]
+            summary["floor_throughput_ratio"] = round(f["rps"] / b["rps"], 3) if b["rps"] else 0.0
+            summary["agent_to_floor_ratio"] = round(a["rps"] / f["rps"], 3)
+            print(f"throughput floor/bare: {summary['floor_throughput_ratio']:.2f}x  "
+                  f"(durable wait alone, no parsing or database)")
+            print(f"throughput agent/floor: {summary['agent_to_floor_ratio']:.2f}x  "
+                  f"(the agent's own work: auth, JSON, insumo, SQLite)")
     if "agent" in results:
         d = results["agent"]["durability"]
         if d["stored"] is None:
@@ -405,7 +420,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured load before it")
     parser.add_argument("--clients", type=int, default=16, help="concurrent keep-alive clients")
     parser.add_argument("--threads", type=int, default=16, help="waitress threads, both servers")
-    parser.add_argument("--only", choices=["agent", "bare"], help="run one server only")
+    parser.add_argument("--only", choices=SIDES, help="run one server only")
     parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto",
                         help="load generator (auto: wrk if installed, else Python processes)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
@@ -425,7 +440,7 @@ def main() -> int:
 
     results: dict = {}
     failures: dict = {}
-    for name in [args.only] if args.only else ["agent", "bare"]:
+    for name in [args.only] if args.only else SIDES:
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             try:
                 results[name] = run_side(name, args, Path(tmp), load)

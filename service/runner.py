@@ -1,6 +1,7 @@
 """Running the agent under waitress until SIGTERM or Ctrl-C."""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
@@ -14,6 +15,18 @@ from agent.app import create_app
 from agent.config import Config
 
 log = logging.getLogger("pos-ticket-agent")
+
+
+# A valid 12.36 MXN ticket, so the banner's curl line works as printed.
+DEMO_TICKET = {
+    "fecha": "2019-01-25T11:09:46",
+    "monto": 12.36,
+    "numeroTicket": "12A31",
+    "insumo": "00|CFD33BASE|QA|4.0|\n"
+    "01|A|12A31|2019-01-25T11:09:46|01|MXN|1|10.66|0.00|12.36|68050|\n"
+    "02|50202306|REF-600|1|H87|Pieza|Refresco 600 ml|10.655172|10.655172|0.00|02|\n"
+    "03|002|Tasa|0.160000|10.655172|1.704828|",
+}
 
 
 class CannotListen(OSError):
@@ -100,13 +113,12 @@ def banner(config: Config, port: int) -> list[str]:
             f"  user: {company.username}   password: {company.password}",
             f"  branches: {', '.join(b.id for b in company.branches)}",
             "",
-            "Try it:",
+            "Try it (a 12.36 MXN sale):",
             f"  curl -u {company.username}:{company.password} -X PUT {url}/{company.key}/tickets \\",
             "    -H 'content-type: application/json' \\",
-            f"    -d '{{\"fecha\": \"2026-11-20T11:09:46\", \"monto\": 12.36, \"numeroTicket\": \"12A31\", "
-            f"\"sucursal\": \"{branch.id}\", \"insumo\": \"...\"}}'",
+            f"    -d '{json.dumps(DEMO_TICKET | {'sucursal': branch.id})}'",
             f"  curl -u {company.username}:{company.password} '{url}/{company.key}/cfdis?ticket=12A31'",
-            "  (docs/contract.md has complete examples with a valid insumo)",
+            "  (docs/contract.md has every call of the contract)",
         ]
     return lines
 

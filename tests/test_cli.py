@@ -208,21 +208,22 @@ def test_init_force_replaces_garbage(runner, tmp_path):
     load_config(target, env={})
 
 
-def test_init_default_path_is_in_the_current_directory(runner, tmp_path):
-    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        result = invoke(runner, ["init"])
-        assert result.exit_code == 0, result.output
-        target = Path(cwd) / "ticket-agent.toml"
-        assert target.is_file()
-        assert sorted(p.name for p in Path(cwd).iterdir()) == ["ticket-agent.toml"]
-        assert f"{PROG} serve --config ticket-agent.toml" in result.stdout
-        load_config(target, env={})
-        if os.name == "posix":
-            assert mode(target) == 0o600
-        # and the default path is protected like any other
-        again = invoke(runner, ["init"])
-        assert again.exit_code == 1
-        assert "ticket-agent.toml already exists" in again.stderr
+def test_init_default_path_is_in_the_current_directory(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cwd = tmp_path
+    result = invoke(runner, ["init"])
+    assert result.exit_code == 0, result.output
+    target = Path(cwd) / "ticket-agent.toml"
+    assert target.is_file()
+    assert sorted(p.name for p in Path(cwd).iterdir()) == ["ticket-agent.toml"]
+    assert f"{PROG} serve --config ticket-agent.toml" in result.stdout
+    load_config(target, env={})
+    if os.name == "posix":
+        assert mode(target) == 0o600
+    # and the default path is protected like any other
+    again = invoke(runner, ["init"])
+    assert again.exit_code == 1
+    assert "ticket-agent.toml already exists" in again.stderr
 
 
 def test_init_rejects_a_directory(runner, tmp_path):

@@ -164,6 +164,15 @@ def test_put_ticket_example(server):
     assert server.request("PUT", f"/{KEY}/tickets", complete_ticket())[:3] == (200, TEXT, "se guardo correctamente")
 
 
+def test_the_banners_own_curl_line_stores_a_ticket(server):
+    # The -d body the banner prints, sent as printed: the contract example's ticket, so
+    # after test_put_ticket_example it is an identical re-send.
+    out = server.wait_for_output("-d '")
+    body = next(line for line in out.splitlines() if line.strip().startswith("-d '")).strip()[4:-1]
+    status, _, text, _ = server.request("PUT", f"/{KEY}/tickets", body)
+    assert (status, text) == (200, "se guardo correctamente")
+
+
 def test_put_ticket_example_bad_number_gets_the_400_text(server):
     body = complete_ticket(number="12 A31")
     status, ctype, text, _ = server.request("PUT", f"/{KEY}/tickets", body)

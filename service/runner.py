@@ -68,8 +68,9 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
             app,
             sockets=[sock],
             threads=config.server.threads,
-            # waitress must refuse an oversized body before buffering it, not just Flask.
-            max_request_body_size=config.server.max_body_kb * 1024,
+            # waitress refuses a huge body before buffering it; its limit sits a little above
+            # Flask's so that an oversized ticket gets Flask's Spanish 413, not waitress's.
+            max_request_body_size=config.server.max_body_kb * 1024 + 64 * 1024,
             ident="pos-ticket-agent",
             # The POS holds one connection per terminal; a dead one is dropped after 2 min.
             channel_timeout=120,

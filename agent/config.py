@@ -485,15 +485,9 @@ class CompanyConfig(_Model):
     @field_validator("branches")
     @classmethod
     def _check_unique_branches(cls, v: tuple[BranchConfig, ...]) -> tuple[BranchConfig, ...]:
-        seen: dict[str, int] = {}
-        for i, b in enumerate(v):
-            if b.id in seen:
-                raise _problem(
-                    f"branch id {_show(b.id)} is already used by branches[{seen[b.id]}] of this company",
-                    at=(i, "id"),
-                )
-            seen[b.id] = i
-        return v
+        return _unique(
+            v, "id", lambda value, first: f"branch id {value} is already used by branches[{first}] of this company"
+        )
 
     def branch(self, branch_id: str) -> BranchConfig | None:
         return self._branch_index.get(branch_id)
@@ -508,6 +502,17 @@ class CompanyConfig(_Model):
         """``portal_url`` with its placeholders filled (each value URL-quoted)."""
         values = {"company": self.key, "branch": branch, "ticket": ticket, "total": total, "date": date}
         return self.portal_url.format(**{k: quote(str(val), safe="") for k, val in values.items()})
+
+
+def _unique(items: tuple, attr: str, describe) -> tuple:
+    """Refuse the first repeated value of `attr`, pointing at the repeat."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        value = getattr(item, attr)
+        if value in seen:
+            raise _problem(describe(_show(value), seen[value]), at=(i, attr))
+        seen[value] = i
+    return items
 
 
 class Config(_Model):
@@ -531,15 +536,12 @@ class Config(_Model):
     @field_validator("companies")
     @classmethod
     def _check_unique_companies(cls, v: tuple[CompanyConfig, ...]) -> tuple[CompanyConfig, ...]:
-        seen: dict[str, int] = {}
-        for i, c in enumerate(v):
-            if c.key in seen:
-                raise _problem(
-                    f"company key {_show(c.key)} is already used by companies[{seen[c.key]}]; each company needs its own key",
-                    at=(i, "key"),
-                )
-            seen[c.key] = i
-        return v
+        return _unique(
+            v,
+            "key",
+            lambda value, first: f"company key {value} is already used by companies[{first}]; "
+            "each company needs its own key",
+        )
 
     @property
     def is_demo(self) -> bool:

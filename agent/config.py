@@ -290,6 +290,12 @@ class BranchConfig(_Model):
     timezone: str = "America/Mexico_City"
     global_series: str = Field(min_length=1, max_length=25)
     printer: str
+    # A POS may name one of these in PUT /tickets ("impresora"); others print on `printer`.
+    printers: dict[str, str] = Field(default_factory=dict)
+    paper_mm: Literal[58, 80] = 80
+    native_qr: bool = True
+    qr_size: int = Field(default=6, ge=1, le=16)
+    qr_error_correction: Literal["L", "M", "Q", "H"] = "M"
 
     @field_validator("id")
     @classmethod
@@ -347,18 +353,20 @@ class BranchConfig(_Model):
     @field_validator("printer")
     @classmethod
     def _check_printer(cls, v: str, info: ValidationInfo) -> str:
-        if not v.strip():
-            raise _problem('must not be empty (write "none" for no printer)')
-        if v.startswith("file:"):
-            target = v[len("file:") :]
-            if target.startswith("//"):  # file:///abs/dir URL form
-                target = urlsplit(v).path
-            if not target:
-                raise _problem('"file:" needs a folder after it, e.g. "file:data/prints"')
-            base = (info.context or {}).get("base_dir")
-            if base is not None:
-                return "file:" + str(_resolve_against(Path(base), target))
-        return v
+        return _printer_setting(v, info)
+
+    @field_validator("printers")
+    @classmethod
+    def _check_printers(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        checked = {}
+        for name, spec in v.items():
+            if not _PRINTER_NAME_RE.match(name):
+                raise _problem(f"printer name {_show(name)} must be 1-40 letters, digits, _ or -")
+            try:
+                checked[name] = _printer_setting(spec, info)
+            except PydanticCustomError as exc:
+                raise _problem(f"{name}: {exc.message()}") from None
+        return checked
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -373,6 +381,22 @@ class BranchConfig(_Model):
         return None
 
 
+def _printer_setting(v: str, info: ValidationInfo) -> str:
+    if not v.strip():
+        raise _problem('must not be empty (write "none" for no printer)')
+    if v.startswith("file:"):
+        target = v[len("file:") :]
+        if target.startswith("//"):  # file:///abs/dir URL form
+            target = urlsplit(v).path
+        if not target:
+            raise _problem('"file:" needs a folder after it, e.g. "file:data/prints"')
+        base = (info.context or {}).get("base_dir")
+        if base is not None:
+            return "file:" + str(_resolve_against(Path(base), target)) + ("/" if target.endswith("/") else "")
+    return v
+
+
+_PRINTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _RFC_RE = re.compile(r"^([A-ZÑ&]{3,4})([0-9]{2})([0-9]{2})([0-9]{2})([A-Z0-9]{3})$")
 _GENERIC_RFCS = {
@@ -393,6 +417,8 @@ class CompanyConfig(_Model):
     periodicity: Periodicity = "day"
     self_invoice_days: int = Field(default=7, ge=0, le=365)
     portal_url: str
+    # When set, the portal URL carries a short HMAC of the ticket (docs/printing.md).
+    url_secret: str = Field(default="", max_length=256, repr=False)
     branches: tuple[BranchConfig, ...] = Field(min_length=1, strict=False)
 
     _branch_index: dict[str, BranchConfig] = PrivateAttr(default_factory=dict)
@@ -908,6 +934,8 @@ periodicity = "day"
 self_invoice_days = 7
 # Self-invoicing page printed as a QR on each ticket; may use {company} {branch} {ticket} {total} {date}.
 portal_url = "https://facturacion.example.com/{company}/{branch}/{ticket}"
+# Secret to sign the portal URL of each ticket so the portal can spot typed-in tickets; "" = off.
+url_secret = ""
 
 [[companies.branches]]
 # The branch (sucursal) id the POS sends; letters, digits, _ and - only.
@@ -920,8 +948,19 @@ postal_code = "68050"
 timezone = "America/Mexico_City"
 # Serie of this branch's global invoices (1-25 characters).
 global_series = "FG"
-# Where slips are printed: "file:<folder>" writes them to files, "none" disables printing.
+# Where slips are printed: "tcp://host:9100", "usb://VID:PID", "serial:///dev/ttyS0?baudrate=9600",
+# "cups://Queue", "file:/dev/usb/lp0", a folder "file:data/prints" (files + previews), or "none".
 printer = "file:data/prints"
+# More printers, one per POS lane; the POS picks one with "impresora": "caja1".
+printers = {}
+# Paper roll width in mm: 80 or 58.
+paper_mm = 80
+# true: the printer draws the QR itself (GS ( k); false for old printers: the QR goes as an image.
+native_qr = true
+# QR module size in printer dots (1-16); 6 scans well on 58 and 80 mm rolls.
+qr_size = 6
+# QR error correction: "L", "M", "Q" or "H".
+qr_error_correction = "M"
 """
 
 

@@ -66,6 +66,11 @@ def unknown_branch(branch: str) -> str:
     return f"sucursal: la sucursal {branch} no existe para esta empresa"
 
 
+def unknown_printer(name: str, branch: str, known: list[str]) -> str:
+    choices = ", ".join(known) if known else "ninguna configurada"
+    return f"impresora: la impresora {name} no existe en la sucursal {branch} (impresoras: {choices})"
+
+
 def fecha_format(value: object) -> str:
     return f"fecha: debe tener el formato AAAA-MM-DDTHH:MM:SS (se recibió {_show(value)})"
 

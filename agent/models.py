@@ -160,6 +160,33 @@ class TicketCfdi(BaseModel):
         indexes = ((("cfdi",), False),)
 
 
+# Print job states. A job is claimed (PRINTING) before its bytes leave for the printer and
+# is PRINTED once they were accepted; a job found PRINTING at start-up was interrupted
+# and becomes FAILED rather than risk a second slip (see docs/printing.md).
+JOB_PENDING = "pending"
+JOB_PRINTING = "printing"
+JOB_PRINTED = "printed"
+JOB_FAILED = "failed"
+
+
+class PrintJob(BaseModel):
+    """One slip to print for a ticket: at the sale, after a replacement, or on request."""
+
+    id = AutoField()
+    ticket = ForeignKeyField(Ticket, backref="print_jobs", on_delete="RESTRICT")
+    printer = CharField(default="")  # a name from the branch's `printers`; "" = `printer`
+    reason = CharField(default="sale")  # sale | replaced | reprint
+    state = CharField(default=JOB_PENDING)
+    attempts = IntegerField(default=0)
+    last_error = TextField(null=True)
+    next_attempt_at = DateTimeField()  # UTC
+    created_at = DateTimeField()
+    printed_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("state", "next_attempt_at"), False), (("ticket",), False))
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
 
@@ -167,4 +194,4 @@ class SchemaVersion(BaseModel):
         table_name = "schema_version"
 
 
-ALL_TABLES = [Cfdi, Ticket, TicketEvent, TicketCfdi]
+ALL_TABLES = [Cfdi, Ticket, TicketEvent, TicketCfdi, PrintJob]

@@ -71,10 +71,13 @@ def parse_ticket(data: dict, company: CompanyConfig, company_key: str) -> NewTic
         problems.append(messages.BAD_TICKET_NUMBER)
 
     branch = data.get("sucursal")
+    printer = None
     if branch is None or branch == "":
         problems.append(messages.field_error("sucursal", messages.MISSING))
     elif not isinstance(branch, str) or company.branch(branch) is None:
         problems.append(messages.unknown_branch(str(branch)))
+    else:
+        printer = _printer(company.branch(branch), data.get("impresora"), problems)
 
     sold_at = _parse_fecha(data, problems)
     total = _parse_monto(data.get("monto"), problems)
@@ -103,7 +106,19 @@ def parse_ticket(data: dict, company: CompanyConfig, company_key: str) -> NewTic
         total=total,
         insumo=insumo,
         body_hash=body_hash(data["fecha"] if "fecha" in data else data["data"], total, raw_insumo),
+        printer=printer,
     )
+
+
+def _printer(branch, name: object, problems: list[str]) -> str | None:
+    """The printer a ticket's slip goes to: "" for the branch's own, a name from its
+    `printers` when the POS asks with "impresora", None when that printer is "none"."""
+    if name is None or name == "":
+        return None if branch.printer == "none" else ""
+    if not isinstance(name, str) or name not in branch.printers:
+        problems.append(messages.unknown_printer(str(name), branch.id, sorted(branch.printers)))
+        return None
+    return None if branch.printers[name] == "none" else name
 
 
 def _parse_fecha(data: dict, problems: list[str]) -> datetime | None:

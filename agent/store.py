@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from agent.insumo import Insumo
+from agent.print_queue import insert_jobs
 from agent.models import (
     CFDI_CANCELLED,
     CFDI_VALID,
@@ -22,8 +23,10 @@ from agent.models import (
     GLOBAL_CFDI,
     IN_GLOBAL,
     INVOICED,
+    JOB_PENDING,
     STORED,
     Cfdi,
+    PrintJob,
     Ticket,
     TicketCfdi,
     TicketEvent,
@@ -45,6 +48,9 @@ class NewTicket:
     total: Decimal
     insumo: Insumo
     body_hash: str
+    # Which printer gets the slip: a name from the branch's `printers`, "" for the
+    # branch's own printer, None when the branch does not print.
+    printer: str | None = ""
 
 
 @dataclass(frozen=True)
@@ -215,7 +221,11 @@ _TABLE = Ticket._meta.table_name
 def _insert_sql(rows: int) -> str:
     one = "(" + ", ".join("?" for _ in _INSERT_FIELDS) + ")"
     columns = ", ".join(f'"{field.column_name}"' for field in _INSERT_FIELDS)
-    return f'INSERT INTO "{_TABLE}" ({columns}) VALUES ' + ", ".join([one] * rows)
+    return (
+        f'INSERT INTO "{_TABLE}" ({columns}) VALUES '
+        + ", ".join([one] * rows)
+        + ' RETURNING "id", "company", "branch", "number"'
+    )
 
 
 @lru_cache(maxsize=64)
@@ -294,16 +304,28 @@ def _put_tickets(batch: Sequence[NewTicket]) -> list:
                 ticket=current.id, at=now, kind="replaced", detail=f"monto {current.total:.2f} -> {item.total:.2f}"
             )
             current.body_hash, current.total = item.body_hash, item.total
+            if item.printer is not None and not _has_pending_job(current.id):
+                insert_jobs([(current.id, item.printer, "replaced")], now)
             results.append(REPLACED)
         else:
             results.append(
                 TicketConflict(item.number, item.branch, current.status, current.synced, _uuid_of(current.cfdi_id), "replace")
             )
     rows = list(new_rows.values())
+    printers = {key: item.printer for item in batch if (key := (item.company, item.branch, item.number)) in new_rows}
+    jobs = []
     for chunk in (rows[i : i + 400] for i in range(0, len(rows), 400)):
         params = [field.db_value(row[field.name]) for row in chunk for field in _INSERT_FIELDS]
-        db.execute_sql(_insert_sql(len(chunk)), params)
+        for ticket_id, company, branch, number in db.execute_sql(_insert_sql(len(chunk)), params):
+            printer = printers[(company, branch, number)]
+            if printer is not None:
+                jobs.append((ticket_id, printer, "sale"))
+    insert_jobs(jobs, now)  # in the same transaction: a stored ticket always has its slip
     return results
+
+
+def _has_pending_job(ticket_id: int) -> bool:
+    return PrintJob.select().where((PrintJob.ticket == ticket_id) & (PrintJob.state == JOB_PENDING)).exists()
 
 
 def _uuid_of(cfdi_id: str | None) -> str | None:

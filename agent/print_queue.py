@@ -1,0 +1,135 @@
+"""The persisted print queue: one job per slip to print, kept in the ticket database.
+
+A job is written in the same transaction as its ticket, so a stored ticket always has
+its slip waiting; the print worker (printer/worker.py) claims due jobs, prints them and
+reports back. Claiming marks a job PRINTING before any byte leaves, so after a crash the
+agent knows which slips may have been half printed and does not print them again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Sequence
+
+from agent.models import JOB_FAILED, JOB_PENDING, JOB_PRINTED, JOB_PRINTING, PrintJob, Ticket
+from agent.writer import Writer
+
+INTERRUPTED = "interrupted while printing (the agent stopped); not printed again automatically to avoid a second slip"
+
+
+@dataclass(frozen=True)
+class DueJob:
+    """A claimed job with what the slip needs from its ticket."""
+
+    id: int
+    attempts: int
+    printer: str
+    reason: str
+    created_at: datetime
+    company: str
+    branch: str
+    number: str
+    sold_at: datetime
+    total: Decimal
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: int
+    printed_at: datetime | None = None  # set: printed
+    error: str | None = None
+    retry_at: datetime | None = None  # with error: try again then; None: give up
+
+
+def insert_jobs(jobs: Sequence[tuple[int, str, str]], now: datetime) -> None:
+    """(ticket id, printer name, reason) rows, inside the caller's transaction."""
+    if jobs:
+        PrintJob.insert_many(
+            [(ticket_id, printer, reason, JOB_PENDING, 0, now, now) for ticket_id, printer, reason in jobs],
+            fields=[
+                PrintJob.ticket, PrintJob.printer, PrintJob.reason, PrintJob.state,
+                PrintJob.attempts, PrintJob.next_attempt_at, PrintJob.created_at,
+            ],
+        ).execute()  # fmt: skip
+
+
+class PrintQueue:
+    def __init__(self, writer: Writer):
+        self.writer = writer
+
+    def enqueue(self, ticket_id: int, printer: str = "", reason: str = "reprint", now: datetime | None = None) -> None:
+        from agent.store import utcnow
+
+        self.writer.submit(_enqueue, (ticket_id, printer, reason, now or utcnow()))
+
+    def claim_due(self, now: datetime, limit: int = 50) -> list[DueJob]:
+        return self.writer.submit(_claim, (now, limit))
+
+    def finish(self, outcomes: Sequence[JobOutcome]) -> None:
+        if outcomes:
+            self.writer.submit(_finish, tuple(outcomes))
+
+    def recover_interrupted(self) -> int:
+        """At start-up: jobs left PRINTING by a crash become FAILED (at most one slip)."""
+        return self.writer.submit(_recover, None)
+
+    def jobs_of(self, ticket_id: int) -> list[PrintJob]:
+        return list(PrintJob.select().where(PrintJob.ticket == ticket_id).order_by(PrintJob.id))
+
+    def counts(self) -> dict[str, int]:
+        from peewee import fn
+
+        rows = PrintJob.select(PrintJob.state, fn.COUNT(PrintJob.id)).group_by(PrintJob.state).tuples()
+        return {state: count for state, count in rows}
+
+
+def _enqueue(batch):
+    for ticket_id, printer, reason, now in batch:
+        insert_jobs([(ticket_id, printer, reason)], now)
+    return [None] * len(batch)
+
+
+def _claim(batch):
+    results = []
+    for now, limit in batch:
+        rows = list(
+            PrintJob.select(
+                PrintJob.id, PrintJob.attempts, PrintJob.printer, PrintJob.reason, PrintJob.created_at,
+                Ticket.company, Ticket.branch, Ticket.number, Ticket.sold_at, Ticket.total,
+            )
+            .join(Ticket, on=(PrintJob.ticket == Ticket.id))
+            .where((PrintJob.state == JOB_PENDING) & (PrintJob.next_attempt_at <= now))
+            .order_by(PrintJob.next_attempt_at, PrintJob.id)
+            .limit(limit)
+            .tuples()
+        )  # fmt: skip
+        ids = [row[0] for row in rows]
+        if ids:
+            PrintJob.update(state=JOB_PRINTING, attempts=PrintJob.attempts + 1).where(
+                (PrintJob.id.in_(ids)) & (PrintJob.state == JOB_PENDING)
+            ).execute()
+        results.append([DueJob(*row[:1], row[1] + 1, *row[2:]) for row in rows])
+    return results
+
+
+def _finish(batch):
+    for outcomes in batch:
+        for outcome in outcomes:
+            if outcome.printed_at is not None:
+                changes = dict(state=JOB_PRINTED, printed_at=outcome.printed_at, last_error=None)
+            elif outcome.retry_at is not None:
+                changes = dict(state=JOB_PENDING, next_attempt_at=outcome.retry_at, last_error=outcome.error)
+            else:
+                changes = dict(state=JOB_FAILED, last_error=outcome.error)
+            PrintJob.update(**changes).where(
+                (PrintJob.id == outcome.job_id) & (PrintJob.state == JOB_PRINTING)
+            ).execute()
+    return [None] * len(batch)
+
+
+def _recover(batch):
+    count = (
+        PrintJob.update(state=JOB_FAILED, last_error=INTERRUPTED).where(PrintJob.state == JOB_PRINTING).execute()
+    )
+    return [count] + [0] * (len(batch) - 1)

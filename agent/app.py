@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from flask import Flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -10,6 +11,7 @@ from agent import messages
 from agent.config import Config, load_config
 from agent.db import open_database
 from agent.http import text_response
+from agent.print_queue import PrintQueue
 from agent.store import Store
 from agent.writer import Writer
 from sync.upstream import Upstream, make_upstream
@@ -27,7 +29,10 @@ class Agent:
         self.writer = Writer(self.db)
         self.writer.start()
         self.store = Store(self.db, self.writer, self.data_dir)
+        self.print_queue = PrintQueue(self.writer)
         self.upstream = upstream or make_upstream(config.upstream.kind)
+        # Called after a print job is queued; service/ points it at the print worker.
+        self.on_print_job: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         """Finish the writes in flight, then close the database."""
@@ -41,9 +46,10 @@ def create_app(config: Config | None = None, *, upstream: Upstream | None = None
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_kb * 1024
     app.config["AGENT"] = Agent(config, upstream)
 
-    from agent import contract
+    from agent import contract, printing
 
     app.register_blueprint(contract.bp)
+    app.register_blueprint(printing.bp)
     _register_error_texts(app, config.server.max_body_kb)
     # Database connections stay open per waitress thread on purpose: opening one and
     # setting its pragmas costs more than the query it would serve.

@@ -76,6 +76,8 @@ def put_ticket(key: str):
         return text_response(text, 409)
     if outcome in (STORED_NEW, REPLACED):
         log.debug("ticket %s/%s %s", ticket.branch, ticket.number, outcome)
+        if ticket.printer is not None:
+            _agent().on_print_job()
     return text_response(messages.SAVED)
 
 

@@ -71,6 +71,18 @@ def unknown_printer(name: str, branch: str, known: list[str]) -> str:
     return f"impresora: la impresora {name} no existe en la sucursal {branch} (impresoras: {choices})"
 
 
+def no_printer(branch: str) -> str:
+    return f"La sucursal {branch} no tiene impresora configurada (printer = \"none\")."
+
+
+def reprint_queued(number: str, branch: str) -> str:
+    return f"Se reimprimira el ticket {number} de la sucursal {branch}"
+
+
+def format_invalid(value: str) -> str:
+    return f"formato: debe ser escpos o png (se recibió {_show(value)})"
+
+
 def fecha_format(value: object) -> str:
     return f"fecha: debe tener el formato AAAA-MM-DDTHH:MM:SS (se recibió {_show(value)})"
 

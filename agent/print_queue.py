@@ -14,6 +14,7 @@ from typing import Sequence
 
 from agent.models import JOB_FAILED, JOB_PENDING, JOB_PRINTED, JOB_PRINTING, PrintJob, Ticket
 from agent.writer import Writer
+from printer.worker import JobOutcome
 
 INTERRUPTED = "interrupted while printing (the agent stopped); not printed again automatically to avoid a second slip"
 
@@ -32,14 +33,6 @@ class DueJob:
     number: str
     sold_at: datetime
     total: Decimal
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    job_id: int
-    printed_at: datetime | None = None  # set: printed
-    error: str | None = None
-    retry_at: datetime | None = None  # with error: try again then; None: give up
 
 
 def insert_jobs(jobs: Sequence[tuple[int, str, str]], now: datetime) -> None:

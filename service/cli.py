@@ -71,6 +71,61 @@ def init(path, force):
     click.echo(f"  ticket-agent serve --config {target}")
 
 
+@cli.command("print-test")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--company", "company_key", help="Company key (default: the first company).")
+@click.option("--branch", "branch_id", help="Branch id (default: the company's first branch).")
+@click.option("--printer", "printer_name", default="", help="A name from the branch's printers "
+              "(default: the branch's own printer).")
+@click.option("--preview", type=click.Path(dir_okay=False), help="Also write the slip as a PNG image here.")
+def print_test(config_path, company_key, branch_id, printer_name, preview):
+    """Print a sample slip on a branch's printer and say whether the printer answered."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    from agent.slips import layout_of, printer_of, slip_for
+    from printer.connections import PrinterError, parse_printer, send, status
+    from printer.slip import render_escpos, render_png
+
+    config = _load(config_path)
+    company = config.company(company_key) if company_key else config.companies[0]
+    if company is None:
+        _fail(f"No company with key {company_key} in the configuration.", 2)
+    branch = company.branch(branch_id) if branch_id else company.branches[0]
+    if branch is None:
+        _fail(f"Company {company.key} has no branch {branch_id}.", 2)
+    try:
+        spec = printer_of(branch, printer_name)
+    except ValueError:
+        _fail(f"Branch {branch.id} has no printer named {printer_name} (printers: "
+              f"{', '.join(branch.printers) or 'none configured'}).", 2)
+    slip = slip_for(company, branch, "PRUEBA-0001", datetime.now(branch.zone).replace(tzinfo=None, microsecond=0),
+                    Decimal("123.45"))
+    if preview:
+        Path(preview).write_bytes(render_png(slip, layout_of(branch)))
+        click.echo(f"Preview written to {preview}")
+    if spec == "none":
+        click.echo(f"Branch {branch.id} does not print (printer = \"none\").")
+        return
+    target = parse_printer(spec)
+    try:
+        send(target, render_escpos(slip, layout_of(branch)), name="print-test",
+             preview=render_png(slip, layout_of(branch)) if target.kind == "folder" else None)
+    except PrinterError as exc:
+        _fail(f"Printing on {spec} failed: {exc}", 1)
+    click.echo(f"Sample slip sent to {spec}.")
+    try:
+        answer = status(target)
+    except PrinterError as exc:
+        answer = f"no answer ({exc})"
+    click.echo(f"Printer status: {answer}" if answer else "Printer status: this kind of printer cannot report it.")
+
+
+def _fail(message: str, code: int):
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
 def main():
     cli(prog_name="ticket-agent")
 

@@ -13,6 +13,7 @@ from waitress import create_server
 
 from agent.app import create_app
 from agent.config import Config
+from service.background import Background
 
 log = logging.getLogger("pos-ticket-agent")
 
@@ -59,8 +60,10 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
         if "app" not in locals():
             sock.close()
     agent = app.config["AGENT"]
+    background = Background(agent)
     server = None
     try:
+        background.start()
         for line in banner(config, sock.getsockname()[1]):
             announce(line)
         # waitress starts listening here: a client that can connect finds the agent ready.
@@ -82,6 +85,7 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
             server.close()
         else:
             sock.close()
+        background.stop()
         agent.close()
         log.info("stopped")
 

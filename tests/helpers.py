@@ -46,7 +46,7 @@ name = "Centro"
 postal_code = "68050"
 timezone = "America/Mexico_City"
 global_series = "FG"
-printer = "none"
+printer = "file:prints/"
 
 [[companies.branches]]
 id = "{branch_a2}"

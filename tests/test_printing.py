@@ -229,3 +229,31 @@ def test_a_hanging_printer_never_slows_a_sale(tmp_path, fake):
         assert set(slips) == expected
     finally:
         stop_server(proc)
+
+
+def test_print_test_prints_a_sample_and_reports_the_printers_status(tmp_path, fake):
+    from click.testing import CliRunner
+
+    from service.cli import cli
+
+    path = config_printing_to(tmp_path, fake.url)
+    preview = tmp_path / "slip.png"
+    result = CliRunner().invoke(cli, ["print-test", "--config", str(path), "--preview", str(preview)])
+    assert result.exit_code == 0, result.output
+    assert f"Sample slip sent to {fake.url}." in result.output
+    assert "Printer status: online" in result.output
+    job = fake.wait_for_jobs(1)[0]  # then a second connection asks for the status
+    assert read_escpos(job).qr_data == (PORTAL + "PRUEBA-0001").encode()
+    from PIL import Image
+
+    [code] = zxingcpp.read_barcodes(Image.open(preview))
+    assert code.text == PORTAL + "PRUEBA-0001"
+
+    fake.paper_out = True
+    result = CliRunner().invoke(cli, ["print-test", "--config", str(path)])
+    assert "Printer status: paper out" in result.output
+
+    fake.refuse()
+    result = CliRunner().invoke(cli, ["print-test", "--config", str(path)])
+    assert result.exit_code == 1
+    assert "refused the connection" in result.output

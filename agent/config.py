@@ -38,6 +38,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import (
+    model_validator,
     BaseModel,
     ConfigDict,
     Field,
@@ -270,6 +271,33 @@ class UpstreamConfig(_Model):
     kind: Literal["sandbox"] = "sandbox"
 
 
+class CsdConfig(_Model):
+    """``csd = { cer = ..., key = ..., password = ... }``: the company's certificado de sello
+    digital, the DER .cer and encrypted .key exactly as SAT issues them."""
+
+    cer: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    password: str = Field(default="", repr=False)
+    password_file: str = ""
+
+    @field_validator("cer", "key", "password_file")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base_dir")
+        return str(_resolve_against(Path(base), v)) if v and base is not None else v
+
+    @model_validator(mode="after")
+    def _one_password(self) -> "CsdConfig":
+        if bool(self.password) == bool(self.password_file):
+            raise _problem("give the key's password as exactly one of password or password_file")
+        return self
+
+    def read_password(self) -> str:
+        if self.password:
+            return self.password
+        return Path(self.password_file).read_text(encoding="utf-8").strip()
+
+
 _BRANCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _POSTAL_RE = re.compile(r"^[0-9]{5}$")
 
@@ -419,6 +447,11 @@ class CompanyConfig(_Model):
     portal_url: str
     # When set, the portal URL carries a short HMAC of the ticket (docs/printing.md).
     url_secret: str = Field(default="", max_length=256, repr=False)
+    # The CSD that signs the company's global CFDIs; without one, the sandbox upstream
+    # signs with a test certificate it makes itself (docs/global-invoice.md).
+    csd: CsdConfig | None = None
+    # Largest global CFDI: more expired tickets than this in a period make several parts.
+    global_max_tickets: int = Field(default=5000, ge=1, le=5000)
     branches: tuple[BranchConfig, ...] = Field(min_length=1, strict=False)
 
     _branch_index: dict[str, BranchConfig] = PrivateAttr(default_factory=dict)
@@ -936,6 +969,20 @@ self_invoice_days = 7
 portal_url = "https://facturacion.example.com/{company}/{branch}/{ticket}"
 # Secret to sign the portal URL of each ticket so the portal can spot typed-in tickets; "" = off.
 url_secret = ""
+# Most tickets in one global CFDI (1-5000); a period with more gets several global CFDIs.
+global_max_tickets = 5000
+
+# The company's CSD (certificado de sello digital) that signs its global CFDIs, as SAT issued
+# it. Without it the sandbox upstream signs with a test certificate of its own.
+# [companies.csd]
+# The certificate, DER .cer file.
+# cer = "csd/EKU9003173C9.cer"
+# The encrypted private key, DER .key file.
+# key = "csd/EKU9003173C9.key"
+# The key's password (or use password_file instead).
+# password = ""
+# A file holding the key's password, readable only by the agent.
+# password_file = "csd/password.txt"
 
 [[companies.branches]]
 # The branch (sucursal) id the POS sends; letters, digits, _ and - only.

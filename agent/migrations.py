@@ -7,7 +7,9 @@ now; a later step that adds a column to that model must therefore skip it when p
 """
 from __future__ import annotations
 
-from agent.models import Cfdi, PrintJob, Ticket, TicketCfdi, TicketEvent
+from playhouse.migrate import SchemaMigrator, migrate
+
+from agent.models import Cfdi, GlobalInvoice, PrintJob, Ticket, TicketCfdi, TicketEvent
 
 
 def initial_schema(db):
@@ -18,7 +20,17 @@ def print_queue(db):
     db.create_tables([PrintJob])
 
 
+def global_invoices(db):
+    db.create_tables([GlobalInvoice])
+    columns = {column.name for column in db.get_columns(Ticket._meta.table_name)}
+    if "global_invoice_id" not in columns and "global_invoice" not in columns:
+        field = Ticket._meta.fields["global_invoice"]
+        migrate(SchemaMigrator.from_database(db).add_column(Ticket._meta.table_name, field.column_name, field))
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_global_invoice" ON "ticket" ("global_invoice")')
+
+
 STEPS = [
     initial_schema,
     print_queue,
+    global_invoices,
 ]

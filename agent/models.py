@@ -14,6 +14,7 @@ from peewee import (
     CompositeKey,
     CharField,
     DatabaseProxy,
+    DateField,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
@@ -121,6 +122,9 @@ class Ticket(BaseModel):
     # Set once the upstream has the ticket: from then on it can no longer be replaced.
     synced_at = DateTimeField(null=True)
     expired_at = DateTimeField(null=True)
+    # The global invoice run that reserved this ticket (GlobalInvoice.id): set in the same
+    # transaction that creates the run, so no ticket goes into two global CFDIs.
+    global_invoice = IntegerField(null=True, index=True)
     created_at = DateTimeField()
     updated_at = DateTimeField()
     version = IntegerField(default=1)
@@ -160,6 +164,43 @@ class TicketCfdi(BaseModel):
         indexes = ((("cfdi",), False),)
 
 
+# Global invoice run states: RESERVED (tickets and folio taken), STAMPED (its CFDI is
+# recorded), FAILED (will be retried after retry_at; its tickets stay reserved).
+RUN_RESERVED = "reserved"
+RUN_STAMPED = "stamped"
+RUN_FAILED = "failed"
+
+
+class GlobalInvoice(BaseModel):
+    """One global CFDI of a company's branch and period (a period may need several parts)."""
+
+    id = AutoField()
+    company = CharField()
+    branch = CharField()
+    periodicity = CharField()
+    period_first = DateField()
+    period_last = DateField()
+    part = IntegerField()
+    series = CharField()
+    folio = IntegerField()
+    state = CharField(default=RUN_RESERVED)
+    tickets = IntegerField()
+    total = MoneyField(null=True)
+    cfdi = CharField(null=True)  # Cfdi.id once stamped
+    attempts = IntegerField(default=0)
+    last_error = TextField(null=True)
+    retry_at = DateTimeField(null=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        indexes = (
+            (("company", "branch", "periodicity", "period_first", "part"), True),
+            (("company", "series", "folio"), True),
+            (("state",), False),
+        )
+
+
 # Print job states. A job is claimed (PRINTING) before its bytes leave for the printer and
 # is PRINTED once they were accepted; a job found PRINTING at start-up was interrupted
 # and becomes FAILED rather than risk a second slip (see docs/printing.md).
@@ -194,4 +235,4 @@ class SchemaVersion(BaseModel):
         table_name = "schema_version"
 
 
-ALL_TABLES = [Cfdi, Ticket, TicketEvent, TicketCfdi, PrintJob]
+ALL_TABLES = [Cfdi, Ticket, TicketEvent, TicketCfdi, PrintJob, GlobalInvoice]

@@ -121,6 +121,19 @@ class Store:
         TicketConflict (already invoiced by the customer)."""
         return self.writer.submit(_expire_tickets, (company, branch, number, reason))
 
+    def open_tickets(self, company: str) -> list[tuple[int, str, datetime]]:
+        """(id, branch, sold_at) of the company's tickets still open for self-invoicing."""
+        return list(
+            Ticket.select(Ticket.id, Ticket.branch, Ticket.sold_at)
+            .where((Ticket.company == company) & (Ticket.status == STORED))
+            .tuples()
+        )
+
+    def expire_due(self, expiries: Sequence[tuple[int, str]]) -> int:
+        """Expire tickets by id, each with its reason, in one commit; tickets that left
+        ALMACENADO meanwhile (a customer invoiced one) are left alone. Returns how many."""
+        return self.writer.submit(_expire_by_id, tuple(expiries)) if expiries else 0
+
     def ticket(self, company: str, branch: str, number: str) -> Ticket | None:
         return (
             Ticket.select()
@@ -183,14 +196,16 @@ class Store:
         """Keep a stamped CFDI and mark its tickets: FACTURADO for a customer's CFDI,
         GLOBAL for a global one. Refused (TicketConflict) if any ticket already has a
         valid CFDI: a sale ends up in exactly one."""
-        folder = self.data_dir / "cfdi" / cfdi.company
-        xml_name = _write_durably(folder / f"{cfdi.id}.xml", xml)
-        pdf_name = _write_durably(folder / f"{cfdi.id}.pdf", pdf) if pdf is not None else None
-        files = (
-            str(xml_name.relative_to(self.data_dir)),
-            str(pdf_name.relative_to(self.data_dir)) if pdf_name else None,
-        )
+        files = self.cfdi_files(cfdi, xml, pdf)
         return self.writer.submit(_record_cfdis, (cfdi, tuple(ticket_ids), files))
+
+    def cfdi_files(self, cfdi: NewCfdi, xml: bytes, pdf: bytes | None) -> tuple[str, str | None]:
+        """Write a CFDI's XML and PDF to disk (before the row naming them is committed);
+        their paths relative to the data directory."""
+        folder = self.data_dir / "cfdi" / cfdi.company
+        names = [_write_durably(folder / f"{cfdi.id}.xml", xml)]
+        names.append(_write_durably(folder / f"{cfdi.id}.pdf", pdf) if pdf is not None else None)
+        return tuple(str(n.relative_to(self.data_dir)) if n else None for n in names)
 
     def record_cancellation(
         self, cfdi_id: str, motive: str, substitute: str | None, cancelled_at: datetime
@@ -373,6 +388,24 @@ def _expire_tickets(batch: Sequence[tuple]) -> list:
             ).execute()
             TicketEvent.create(ticket=ticket.id, at=now, kind="expired", detail=reason)
             results.append(True)
+    return results
+
+
+def _expire_by_id(batch: Sequence[tuple]) -> list:
+    now = utcnow()
+    results = []
+    for expiries in batch:
+        done = 0
+        for ticket_id, reason in expiries:
+            changed = (
+                Ticket.update(status=EXPIRED, expired_at=now, updated_at=now, version=Ticket.version + 1)
+                .where((Ticket.id == ticket_id) & (Ticket.status == STORED))
+                .execute()
+            )
+            if changed:
+                TicketEvent.create(ticket=ticket_id, at=now, kind="expired", detail=reason)
+                done += 1
+        results.append(done)
     return results
 
 

@@ -11,6 +11,7 @@ from agent import messages
 from agent.config import Config, load_config
 from agent.db import open_database
 from agent.http import text_response
+from agent.global_runs import GlobalRuns
 from agent.print_queue import PrintQueue
 from agent.store import Store
 from agent.writer import Writer
@@ -30,6 +31,7 @@ class Agent:
         self.writer.start()
         self.store = Store(self.db, self.writer, self.data_dir)
         self.print_queue = PrintQueue(self.writer)
+        self.global_runs = GlobalRuns(self.writer, self.store)
         self.upstream = upstream or make_upstream(config.upstream.kind)
         # Called after a print job is queued; service/ points it at the print worker.
         self.on_print_job: Callable[[], None] = lambda: None

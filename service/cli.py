@@ -35,7 +35,7 @@ def _load(config_path: str | None):
               help="Log verbosity (logs go to standard error).")
 def serve(config_path, log_level):
     """Start the agent and serve the POS contract until stopped (Ctrl-C or SIGTERM)."""
-    from service.runner import CannotListen, CannotOpenStore, serve as run_server, setup_logging
+    from service.runner import CannotListen, CannotOpenStore, CannotSign, serve as run_server, setup_logging
 
     config = _load(config_path)
     setup_logging(log_level.upper())
@@ -47,6 +47,9 @@ def serve(config_path, log_level):
     except CannotOpenStore as exc:
         click.echo(f"Cannot open the data directory {config.data_dir_path}: {exc.strerror or exc}", err=True)
         sys.exit(1)
+    except CannotSign as exc:
+        click.echo(f"Cannot use a CSD: {exc}", err=True)
+        sys.exit(2)
 
 
 @cli.command()
@@ -119,6 +122,91 @@ def print_test(config_path, company_key, branch_id, printer_name, preview):
     except PrinterError as exc:
         answer = f"no answer ({exc})"
     click.echo(f"Printer status: {answer}" if answer else "Printer status: this kind of printer cannot report it.")
+
+
+@cli.command("expire")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--now", "now", is_flag=True, required=True,
+              help="Expire now every ticket whose self-invoicing window is over (what the scheduler does every minute).")
+def expire(config_path, now):
+    """Expire the tickets whose self-invoicing window closed."""
+    from sync.expiry import expire_overdue
+
+    with _agent(config_path) as agent:
+        count = expire_overdue(agent.store, agent.config)
+    click.echo(f"Expired {count} ticket{'s' if count != 1 else ''}.")
+
+
+@cli.command("global-invoice")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--company", "company_key", help="Company key (default: the first company).")
+@click.option("--branch", "branch_id", required=True, help="Branch id.")
+@click.option("--period", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), metavar="AAAA-MM-DD",
+              help="Any day of the period, AAAA-MM-DD; the company's periodicity gives the period.")
+@click.option("--dry-run", is_flag=True, help="Print the totals and the XML; reserve, sign and stamp nothing.")
+def global_invoice(config_path, company_key, branch_id, day, dry_run):
+    """Issue a closed period's factura global now; --dry-run previews it."""
+    from datetime import datetime, timezone
+
+    from agent.periods import period_of
+    from service.background import global_invoicing
+    from sync.expiry import expire_overdue
+
+    with _agent(config_path) as agent:
+        company = agent.config.company(company_key) if company_key else agent.config.companies[0]
+        if company is None:
+            _fail(f"No company with key {company_key} in the configuration.", 2)
+        branch = company.branch(branch_id)
+        if branch is None:
+            _fail(f"Company {company.key} has no branch {branch_id}.", 2)
+        period = period_of(day.date(), company.periodicity)
+        closes = period.closes_at(branch.zone)
+        if datetime.now(timezone.utc) < closes:
+            _fail(f"The period {period.first}..{period.last} is not over: it closes {closes:%Y-%m-%d %H:%M %Z}.", 1)
+        expire_overdue(agent.store, agent.config)
+        invoicing = global_invoicing(agent)
+        if dry_run:
+            previews = invoicing.preview(company, branch, period)
+            if not previews:
+                click.echo(f"Nothing to invoice for {period.first}..{period.last}: no expired tickets left outside a CFDI.")
+            for preview in previews:
+                t = preview.totals
+                click.echo(f"Part {preview.part}: {t.concepts} tickets, SubTotal {t.subtotal}, Descuento {t.discount}, "
+                           f"impuestos {t.transferred_taxes}, Total {t.total}, FormaPago {t.payment_form}")
+                click.echo(preview.xml.decode("utf-8"))
+            return
+        invoicing.reserve(company, branch, period)
+        # A manual run also retries this period's failed parts at once.
+        for run in agent.global_runs.to_stamp(datetime.max, company.key):
+            if run.branch == branch.id and run.period_first == period.first:
+                invoicing.stamp(run)
+        runs = [r for r in agent.global_runs.runs(company.key, branch.id) if r.period_first == period.first]
+        if not runs:
+            click.echo(f"Nothing to invoice for {period.first}..{period.last}: no expired tickets left outside a CFDI.")
+        failed = False
+        for run in runs:
+            status = f"stamped, UUID {agent.store.cfdi(company.key, run.cfdi).uuid}" if run.cfdi else \
+                f"{run.state}: {run.last_error}"
+            failed |= run.cfdi is None
+            click.echo(f"{run.series}-{run.folio}: {run.tickets} tickets, {status}")
+        if failed:
+            sys.exit(1)
+
+
+class _agent:
+    """The agent's store for a one-off command, closed after it."""
+
+    def __init__(self, config_path):
+        self.config = _load(config_path)
+
+    def __enter__(self):
+        from agent.app import Agent
+
+        self.agent = Agent(self.config)
+        return self.agent
+
+    def __exit__(self, *exc):
+        self.agent.close()
 
 
 def _fail(message: str, code: int):

@@ -14,6 +14,7 @@ from waitress import create_server
 from agent.app import create_app
 from agent.config import Config
 from service.background import Background
+from sync.csd import CsdError
 
 log = logging.getLogger("pos-ticket-agent")
 
@@ -36,6 +37,10 @@ class CannotListen(OSError):
 
 class CannotOpenStore(OSError):
     pass
+
+
+class CannotSign(RuntimeError):
+    """A configured CSD cannot be used: found at start-up, not in the night."""
 
 
 def serve(config: Config, announce: Callable[[str], None] | None = None) -> None:
@@ -61,6 +66,12 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
             sock.close()
     agent = app.config["AGENT"]
     background = Background(agent)
+    try:
+        background.check()
+    except CsdError as exc:
+        sock.close()
+        agent.close()
+        raise CannotSign(str(exc)) from None
     server = None
     try:
         background.start()

@@ -34,6 +34,11 @@ class CancelResult:
 class Upstream(Protocol):
     kind: str
 
+    def stamp(self, xml: bytes, *, key: str):
+        """Stamp a signed CFDI; `key` is stable per CFDI so a retry never stamps twice.
+        Returns a sync.sandbox.Stamp (uuid, stamped_at, xml, production)."""
+        ...
+
     def cancel(self, uuid: str, motive: str, substitute: str | None = None, *, production: bool) -> CancelResult:
         ...
 
@@ -43,6 +48,13 @@ class SandboxUpstream:
     to touch a production CFDI, since only the PAC that stamped one can cancel it."""
 
     kind = "sandbox"
+
+    def stamp(self, xml: bytes, *, key: str):
+        # A local TimbreFiscalDigital marked as a test; stamping again makes a new test
+        # UUID, harmless because only a recorded stamp counts.
+        from sync.sandbox import stamp_sandbox
+
+        return stamp_sandbox(xml)
 
     def cancel(self, uuid: str, motive: str, substitute: str | None = None, *, production: bool) -> CancelResult:
         if motive not in MOTIVES:

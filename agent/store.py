@@ -467,7 +467,8 @@ def _record_cancellations(batch: Sequence[tuple]) -> list:
             changes = dict(cfdi=replacement.id, status=INVOICED if replacement.kind == CUSTOMER_CFDI else IN_GLOBAL)
             detail = f"CFDI {cfdi.uuid} cancelled (motive {motive}), replaced by {replacement.uuid}"
         else:
-            changes = dict(cfdi=None, status=STORED if cfdi.kind == CUSTOMER_CFDI else EXPIRED)
+            # Unreserved too: the next global run of their period takes them again.
+            changes = dict(cfdi=None, global_invoice=None, status=STORED if cfdi.kind == CUSTOMER_CFDI else EXPIRED)
             detail = f"CFDI {cfdi.uuid} cancelled (motive {motive}); ticket back to {changes['status']}"
         for chunk in _chunks(ticket_ids):
             Ticket.update(**changes, updated_at=now, version=Ticket.version + 1).where(Ticket.id.in_(chunk)).execute()

@@ -263,3 +263,32 @@ def test_the_cli_expires_now(tmp_path, config_path):
     app.config["AGENT"].close()
     result = CliRunner().invoke(cli, ["expire", "--now", "--config", str(config_path)])
     assert (result.exit_code, result.output) == (0, "Expired 1 ticket.\n")
+
+
+def test_an_unusable_csd_stops_the_agent_at_start_up(tmp_path):
+    from click.testing import CliRunner
+
+    from helpers import free_port, write_config
+    from service.cli import cli
+
+    path = write_config(tmp_path, port=free_port())
+    text = path.read_text().replace('portal_url = "https://facturacion.example.com/{company}/{branch}/{ticket}"\n',
+                                    'portal_url = "https://facturacion.example.com/{company}/{branch}/{ticket}"\n'
+                                    'csd = { cer = "csd/missing.cer", key = "csd/missing.key", password = "x" }\n', 1)
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["serve", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "Cannot use a CSD: company EKU9003173C9" in result.output
+    assert "missing.cer" in result.output
+
+
+def test_a_cancelled_global_cfdi_is_issued_again_with_a_new_folio(client, agent, invoicing):
+    sell(client, "G1", "10.00")
+    [first] = close_day(agent, invoicing)
+    cfdi = Cfdi.get_by_id(first.cfdi)
+    response = client.post(f"/{KEY_A}/cfdis/cancelar/{cfdi.uuid}?motivo=02", headers=AUTH_A)
+    assert response.status_code == 200
+    assert agent.store.ticket(KEY_A, BRANCH_A, "G1").status == "EXPIRADO"
+    [second] = invoicing.run()
+    assert (second.part, second.folio, second.state) == (2, 2, "stamped")
+    assert agent.store.ticket(KEY_A, BRANCH_A, "G1").cfdi_id == second.cfdi

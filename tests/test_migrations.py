@@ -71,3 +71,30 @@ def test_a_database_from_a_newer_agent_is_refused(tmp_path):
     raw.close()
     with pytest.raises(dbmodule.SchemaTooNew, match="newer agent"):
         dbmodule.open_database(tmp_path)
+
+
+def test_a_database_of_the_previous_version_gets_the_global_invoice_tables(tmp_path):
+    # Make the file a version-2 store, as agents before the factura global wrote it.
+    dbmodule.open_database(tmp_path).close()
+    raw = sqlite3.connect(tmp_path / dbmodule.DB_FILENAME)
+    raw.execute("INSERT INTO ticket (company, branch, number, sold_at, total, subtotal, discount, taxes, iva, ieps, "
+                "payment_form, environment, insumo, body_hash, status, created_at, updated_at, version) VALUES "
+                "('k', 'b', 'OLD1', '2026-11-20 10:00:00', 1, 1, 0, 0, 0, 0, '01', 'QA', '-', '-', 'EXPIRADO', "
+                "'2026-11-20 10:00:00', '2026-11-20 10:00:00', 1)")
+    for index in [row[0] for row in raw.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%global_invoice%' AND tbl_name = 'ticket'")]:
+        raw.execute(f'DROP INDEX "{index}"')
+    raw.execute("ALTER TABLE ticket DROP COLUMN global_invoice")
+    raw.execute("DROP TABLE global_invoice")
+    raw.execute("UPDATE schema_version SET version = 2")
+    raw.commit()
+    raw.close()
+
+    db = dbmodule.open_database(tmp_path)
+    try:
+        assert dbmodule.schema_version(db) == len(migrations.STEPS)
+        assert "global_invoice" in db.get_tables()
+        assert "global_invoice" in {c.name for c in db.get_columns("ticket")}
+        assert db.execute_sql("SELECT number, global_invoice FROM ticket").fetchall() == [("OLD1", None)]
+    finally:
+        db.close()

@@ -333,10 +333,7 @@ class BranchConfig(_Model):
                 raise _problem("must not be empty")
             if len(v) > 64:
                 raise _problem(f"is {len(v)} characters long; at most 64 are allowed")
-            bad = sorted({c for c in v if not (c.isascii() and (c.isalnum() or c in "_-"))})
-            raise _problem(
-                f"{_show(v)} contains {' '.join(repr(c) for c in bad)}; only letters A-Z a-z, digits, _ and - are allowed"
-            )
+            raise _bad_characters(v, shown=True)
         return v
 
     @field_validator("name")
@@ -409,6 +406,14 @@ class BranchConfig(_Model):
         return None
 
 
+def _bad_characters(v: str, *, shown: bool) -> PydanticCustomError:
+    """The problem of an id or key with characters outside A-Z a-z 0-9 _ - (a secret key
+    is not echoed back)."""
+    bad = sorted({c for c in v if not (c.isascii() and (c.isalnum() or c in "_-"))})
+    prefix = f"{_show(v)} contains" if shown else "contains"
+    return _problem(f"{prefix} {' '.join(repr(c) for c in bad)}; only letters A-Z a-z, digits, _ and - are allowed")
+
+
 def _printer_setting(v: str, info: ValidationInfo) -> str:
     if not v.strip():
         raise _problem('must not be empty (write "none" for no printer)')
@@ -467,10 +472,7 @@ class CompanyConfig(_Model):
                 raise _problem(f"is {len(v)} characters long; it must have 8 to 64 (40 random hex characters is typical)")
             if len(v) > 64:
                 raise _problem(f"is {len(v)} characters long; it must have 8 to 64")
-            bad = sorted({c for c in v if not (c.isascii() and (c.isalnum() or c in "_-"))})
-            raise _problem(
-                f"contains {' '.join(repr(c) for c in bad)}; only letters A-Z a-z, digits, _ and - are allowed"
-            )
+            raise _bad_characters(v, shown=False)
         return v
 
     @field_validator("username")

@@ -193,6 +193,54 @@ def global_invoice(config_path, company_key, branch_id, day, dry_run):
             sys.exit(1)
 
 
+@cli.command("status")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def status(config_path):
+    """Show, per company and branch, the tickets, the print queue, the global invoices
+    and the CSD: what a store's IT person checks first."""
+    from peewee import fn
+
+    from agent.models import GlobalInvoice, PrintJob, Ticket
+    from sync.signing import Signers
+
+    with _agent(config_path) as agent:
+        signers = Signers(agent.config, agent.data_dir, agent.upstream.kind)
+        click.echo(f"data: {agent.data_dir}   upstream: {agent.upstream.kind}")
+        for company in agent.config.companies:
+            click.echo(f"\ncompany {company.rfc} {company.legal_name} (key {company.key[:8]}...)")
+            click.echo(f"  CSD: {signers.describe(company)}")
+            for branch in company.branches:
+                click.echo(f"  branch {branch.id} {branch.name}")
+                counts = dict(
+                    Ticket.select(Ticket.status, fn.COUNT(Ticket.id))
+                    .where((Ticket.company == company.key) & (Ticket.branch == branch.id))
+                    .group_by(Ticket.status).tuples()
+                )
+                click.echo("    tickets: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+                jobs = dict(
+                    PrintJob.select(PrintJob.state, fn.COUNT(PrintJob.id)).join(Ticket)
+                    .where((Ticket.company == company.key) & (Ticket.branch == branch.id))
+                    .group_by(PrintJob.state).tuples()
+                )
+                click.echo("    slips: " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
+                waiting = (
+                    PrintJob.select(PrintJob.last_error).join(Ticket)
+                    .where((Ticket.company == company.key) & (Ticket.branch == branch.id)
+                           & PrintJob.last_error.is_null(False) & (PrintJob.state == "pending"))
+                    .order_by(PrintJob.id.desc()).first()
+                )
+                if waiting:
+                    click.echo(f"    printer: {waiting.last_error}")
+                for run in agent.global_runs.runs(company.key, branch.id)[-5:]:
+                    line = f"    global {run.series}-{run.folio} {run.period_first}..{run.period_last}: {run.tickets} tickets, {run.state}"
+                    if run.cfdi:
+                        line += f", total {run.total:.2f}, UUID {agent.store.cfdi(company.key, run.cfdi).uuid}"
+                    elif run.last_error:
+                        retry = f", retry at {run.retry_at:%Y-%m-%d %H:%M} UTC" if run.retry_at else ""
+                        line += f": {run.last_error}{retry}"
+                    click.echo(line)
+
+
 class _agent:
     """The agent's store for a one-off command, closed after it."""
 

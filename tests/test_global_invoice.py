@@ -292,3 +292,21 @@ def test_a_cancelled_global_cfdi_is_issued_again_with_a_new_folio(client, agent,
     [second] = invoicing.run()
     assert (second.part, second.folio, second.state) == (2, 2, "stamped")
     assert agent.store.ticket(KEY_A, BRANCH_A, "G1").cfdi_id == second.cfdi
+
+
+def test_status_shows_tickets_slips_global_invoices_and_the_csd(client, agent, invoicing, config_path):
+    from click.testing import CliRunner
+
+    from service.cli import cli
+
+    sell(client, "S1", "116.00")
+    sell(client, "S2", "10.00", fecha="2026-11-21T09:00:00")
+    [run] = close_day(agent, invoicing)
+    uuid = Cfdi.get_by_id(run.cfdi).uuid
+    result = CliRunner().invoke(cli, ["status", "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert f"branch {BRANCH_A} Centro" in result.output
+    assert "tickets: 1 ALMACENADO, 1 GLOBAL" in result.output
+    assert "slips: 2 pending" in result.output
+    assert f"global FG-1 2026-11-20..2026-11-20: 1 tickets, stamped, total 116.00, UUID {uuid}" in result.output
+    assert "CSD: sandbox test certificate, No. " in result.output

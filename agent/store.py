@@ -232,15 +232,14 @@ _INSERT_FIELDS = [Ticket._meta.fields[name] for name in _INSERTED]
 _TABLE = Ticket._meta.table_name
 
 
-@lru_cache(maxsize=64)
-def _insert_sql(rows: int) -> str:
+@lru_cache(maxsize=128)
+def _insert_sql(rows: int, returning: bool) -> str:
     one = "(" + ", ".join("?" for _ in _INSERT_FIELDS) + ")"
     columns = ", ".join(f'"{field.column_name}"' for field in _INSERT_FIELDS)
-    return (
-        f'INSERT INTO "{_TABLE}" ({columns}) VALUES '
-        + ", ".join([one] * rows)
-        + ' RETURNING "id", "company", "branch", "number"'
-    )
+    sql = f'INSERT INTO "{_TABLE}" ({columns}) VALUES ' + ", ".join([one] * rows)
+    # The new ids are only read back when slips must be queued for them: every row
+    # returned is one more step of SQLite, and with it one more wait for the GIL.
+    return sql + ' RETURNING "id", "company", "branch", "number"' if returning else sql
 
 
 @lru_cache(maxsize=64)
@@ -331,7 +330,9 @@ def _put_tickets(batch: Sequence[NewTicket]) -> list:
     jobs = []
     for chunk in (rows[i : i + 400] for i in range(0, len(rows), 400)):
         params = [field.db_value(row[field.name]) for row in chunk for field in _INSERT_FIELDS]
-        for ticket_id, company, branch, number in db.execute_sql(_insert_sql(len(chunk)), params):
+        printing = any(printers[(row["company"], row["branch"], row["number"])] is not None for row in chunk)
+        cursor = db.execute_sql(_insert_sql(len(chunk), printing), params)
+        for ticket_id, company, branch, number in cursor if printing else ():
             printer = printers[(company, branch, number)]
             if printer is not None:
                 jobs.append((ticket_id, printer, "sale"))

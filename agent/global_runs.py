@@ -99,9 +99,6 @@ class GlobalRuns:
             query = query.where(GlobalInvoice.branch == branch)
         return list(query.order_by(GlobalInvoice.period_first, GlobalInvoice.part))
 
-    def last_stamped_at(self) -> datetime | None:
-        return GlobalInvoice.select(fn.MAX(GlobalInvoice.updated_at)).where(GlobalInvoice.state == RUN_STAMPED).scalar()
-
 
 def _candidates(company: str, branch: str, first: date, last: date) -> list[RunTicket]:
     start = datetime.combine(first, datetime.min.time())

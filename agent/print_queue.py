@@ -67,15 +67,6 @@ class PrintQueue:
         """At start-up: jobs left PRINTING by a crash become FAILED (at most one slip)."""
         return self.writer.submit(_recover, None)
 
-    def jobs_of(self, ticket_id: int) -> list[PrintJob]:
-        return list(PrintJob.select().where(PrintJob.ticket == ticket_id).order_by(PrintJob.id))
-
-    def counts(self) -> dict[str, int]:
-        from peewee import fn
-
-        rows = PrintJob.select(PrintJob.state, fn.COUNT(PrintJob.id)).group_by(PrintJob.state).tuples()
-        return {state: count for state, count in rows}
-
 
 def _enqueue(batch):
     for ticket_id, printer, reason, now in batch:

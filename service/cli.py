@@ -200,7 +200,7 @@ def status(config_path):
     and the CSD: what a store's IT person checks first."""
     from peewee import fn
 
-    from agent.models import GlobalInvoice, PrintJob, Ticket
+    from agent.models import PrintJob, Ticket
     from sync.signing import Signers
 
     with _agent(config_path) as agent:

@@ -57,7 +57,6 @@ def read_escpos(data: bytes) -> Reading:
     i, n = 0, len(data)
     codepage = 0
     align, bold = "left", False
-    line = bytearray()
     line_text: list[str] = []
     line_style: tuple[str, bool] | None = None
     qr = QRCommand()

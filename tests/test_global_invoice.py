@@ -6,7 +6,7 @@ import io
 import json
 import threading
 import zipfile
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 

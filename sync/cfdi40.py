@@ -629,15 +629,57 @@ _detail_lock = threading.Lock()
 def sat_schema() -> etree.XMLSchema:
     """SAT's cfdv40.xsd with the catalogs it imports (catCFDI.xsd, tdCFDI.xsd), read from
     satcfdi's files once (about 0.2 s and 100 MB) and kept. Relative imports, no network.
-    validate() loads it on first use; call this at start-up to pay that cost early."""
+    validate() loads it on first use; call this at start-up to pay that cost early.
+
+    One change of form, none of substance: c_ClaveProdServ, SAT's enumeration of 52,747
+    product codes, is loaded as the union of {"01010101"} and that same enumeration.
+    "01010101" is in the enumeration, so the union accepts exactly the same codes
+    (tests/test_global_cfdi.py proves both from the files); but libxml2 walks the whole
+    list for every Concepto, which cost 8.7 s for 50,000 Conceptos, and it stops at the
+    first member of a union that matches: every Concepto of a global CFDI is 01010101."""
     global _schema
     if _schema is None:
         with _schema_lock:
             if _schema is None:
                 parser = etree.XMLParser(no_network=True, resolve_entities=False)
+                parser.resolvers.add(_CatalogResolver(catalog_with_fast_global_code()))
                 doc = etree.parse(str(sat_schema_file("4", "cfdv40.xsd")), parser)
                 _schema = etree.XMLSchema(doc)
     return _schema
+
+
+_XS = "http://www.w3.org/2001/XMLSchema"
+GLOBAL_PRODUCT_CODE = "01010101"
+
+
+def catalog_with_fast_global_code() -> bytes:
+    """SAT's catCFDI.xsd with c_ClaveProdServ as union({01010101}, SAT's enumeration)."""
+    catalog = etree.parse(str(sat_schema_file("catalogos", "catCFDI.xsd")), _plain_parser())
+    root = catalog.getroot()
+    original = root.find(f"{{{_XS}}}simpleType[@name='c_ClaveProdServ']")
+    codes = {e.get("value") for e in original.iter(f"{{{_XS}}}enumeration")}
+    if GLOBAL_PRODUCT_CODE not in codes:  # a future catalog without it: keep SAT's as is
+        return etree.tostring(catalog)
+    original.set("name", "c_ClaveProdServ_catalogo")
+    fast = etree.SubElement(root, f"{{{_XS}}}simpleType", name="c_ClaveProdServ_global")
+    restriction = etree.SubElement(fast, f"{{{_XS}}}restriction", base="xs:string")
+    etree.SubElement(restriction, f"{{{_XS}}}whiteSpace", value="collapse")
+    etree.SubElement(restriction, f"{{{_XS}}}enumeration", value=GLOBAL_PRODUCT_CODE)
+    union = etree.SubElement(root, f"{{{_XS}}}simpleType", name="c_ClaveProdServ")
+    etree.SubElement(union, f"{{{_XS}}}union",
+                     memberTypes="catCFDI:c_ClaveProdServ_global catCFDI:c_ClaveProdServ_catalogo")
+    return etree.tostring(catalog)
+
+
+class _CatalogResolver(etree.Resolver):
+    def __init__(self, catalog: bytes):
+        super().__init__()
+        self.catalog = catalog
+
+    def resolve(self, url, pubid, context):
+        if url and url.replace("\\", "/").endswith("catalogos/catCFDI.xsd"):
+            return self.resolve_string(self.catalog, context)
+        return None
 
 
 def _plain_parser() -> etree.XMLParser:

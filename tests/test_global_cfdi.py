@@ -701,3 +701,48 @@ def test_split_refuses_bad_caps():
     with pytest.raises(ValueError, match="alone takes"):
         split(many_tickets(1), max_bytes=HEADER_ALLOWANCE + 10)
     assert split([]) == []
+
+
+# --------------------------------------------------------------------------- the schema as loaded
+
+
+def test_the_loaded_product_catalog_accepts_exactly_sats_codes():
+    # sat_schema() loads c_ClaveProdServ as union({01010101}, SAT's enumeration) because
+    # libxml2 walks the whole enumeration per Concepto. Same set of codes, from the files:
+    from sync.cfdi40 import GLOBAL_PRODUCT_CODE, catalog_with_fast_global_code, sat_schema_file
+
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    sat = etree.parse(str(sat_schema_file("catalogos", "catCFDI.xsd"))).getroot()
+    loaded = etree.fromstring(catalog_with_fast_global_code())
+    [original] = sat.findall(f"{xs}simpleType[@name='c_ClaveProdServ']")
+    [kept] = loaded.findall(f"{xs}simpleType[@name='c_ClaveProdServ_catalogo']")
+    sat_codes = [e.get("value") for e in original.iter(f"{xs}enumeration")]
+    assert [e.get("value") for e in kept.iter(f"{xs}enumeration")] == sat_codes
+    assert etree.tostring(kept.find(f"{xs}restriction")) == etree.tostring(original.find(f"{xs}restriction"))
+    assert GLOBAL_PRODUCT_CODE in sat_codes  # so the union adds nothing
+    [union] = loaded.findall(f"{xs}simpleType[@name='c_ClaveProdServ']")
+    assert union.find(f"{xs}union").get("memberTypes").split() == [
+        "catCFDI:c_ClaveProdServ_global", "catCFDI:c_ClaveProdServ_catalogo"
+    ]
+    # Nothing else in the catalog differs.
+    others = lambda root: [etree.tostring(t) for t in root if not (t.get("name") or "").startswith("c_ClaveProdServ")]
+    assert others(loaded) == others(sat)
+
+
+def test_sats_unmodified_schema_and_the_loaded_one_agree_on_product_codes(csd):
+    import random
+
+    from sync.cfdi40 import sat_schema, sat_schema_file
+
+    sat = etree.XMLSchema(etree.parse(str(sat_schema_file("4", "cfdv40.xsd"))))
+    xml = build_xml(invoice([ticket("A-1", [iva16("10.00")])]), csd)
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    catalog = etree.parse(str(sat_schema_file("catalogos", "catCFDI.xsd"))).getroot()
+    codes = [e.get("value") for e in catalog.find(f"{xs}simpleType[@name='c_ClaveProdServ']").iter(f"{xs}enumeration")]
+    sample = random.Random(7).sample(codes, 40) + [codes[-1], "01010101", "99999999", "0101010", "010101011", " 01010101 ", "x"]
+    verdicts = {}
+    for code in sample:
+        doc = etree.fromstring(xml.replace(b'ClaveProdServ="01010101"', f'ClaveProdServ="{code}"'.encode()))
+        verdicts[code] = sat.validate(doc)
+        assert sat_schema().validate(doc) == verdicts[code], code
+    assert verdicts["01010101"] and verdicts[codes[-1]] and not verdicts["99999999"] and not verdicts["x"]

@@ -57,7 +57,10 @@ class PrintQueue:
         self.writer.submit(_enqueue, (ticket_id, printer, reason, now or utcnow()))
 
     def claim_due(self, now: datetime, limit: int = 50) -> list[DueJob]:
-        return self.writer.submit(_claim, (now, limit))
+        # The worker asks every second; a read first keeps an idle agent from writing
+        # (and fsyncing) once a second for nothing.
+        due = PrintJob.select().where((PrintJob.state == JOB_PENDING) & (PrintJob.next_attempt_at <= now)).exists()
+        return self.writer.submit(_claim, (now, limit)) if due else []
 
     def finish(self, outcomes: Sequence[JobOutcome]) -> None:
         if outcomes:

@@ -131,3 +131,12 @@ def test_reprint_on_a_named_printer_must_exist(client):
     response = client.post(f"/{KEY_A}/tickets/{BRANCH_A}/P9/reimprimir", data=dumps({"impresora": "x"}),
                            headers={**AUTH_A, "Content-Type": "application/json"})
     assert response.status_code == 400
+
+
+def test_an_idle_queue_is_polled_without_writing(client, agent):
+    put_json(client, f"/{KEY_A}/tickets", ticket_body("I1"))
+    [due] = agent.print_queue.claim_due(utcnow())
+    commits = agent.writer.commits
+    for _ in range(5):
+        assert agent.print_queue.claim_due(utcnow()) == []
+    assert agent.writer.commits == commits

@@ -38,6 +38,14 @@ def _ticket(key: str, branch_id: str, number: str):
     return ticket, branch, None
 
 
+def _slip(key: str, branch_id: str, number: str):
+    """The ticket's slip and its branch config, or a ready 4xx answer."""
+    ticket, branch, refused = _ticket(key, branch_id, number)
+    if refused:
+        return None, None, refused
+    return slip_for(g.company, branch, ticket.number, ticket.sold_at, ticket.total), branch, None
+
+
 @bp.route("/<key>/tickets/<branch_id>/<number>/reimprimir", methods=["POST", "PUT"])
 @company_required
 def reprint(key: str, branch_id: str, number: str):
@@ -60,29 +68,27 @@ def reprint(key: str, branch_id: str, number: str):
 @bp.route("/<key>/tickets/<branch_id>/<number>/qr", methods=["GET"])
 @company_required
 def qr_png(key: str, branch_id: str, number: str):
-    ticket, branch, refused = _ticket(key, branch_id, number)
+    slip_, branch, refused = _slip(key, branch_id, number)
     if refused:
         return refused
-    slip = slip_for(g.company, branch, ticket.number, ticket.sold_at, ticket.total)
     code = qrcode.QRCode(error_correction=_EC[branch.qr_error_correction], box_size=8, border=4)
-    code.add_data(slip.url)
+    code.add_data(slip_.url)
     buffer = io.BytesIO()
     code.make_image().save(buffer, format="PNG")
     response = Response(buffer.getvalue(), mimetype="image/png")
-    response.headers["X-Portal-URL"] = slip.url
+    response.headers["X-Portal-URL"] = slip_.url
     return response
 
 
 @bp.route("/<key>/tickets/<branch_id>/<number>/recibo", methods=["GET"])
 @company_required
 def slip(key: str, branch_id: str, number: str):
-    ticket, branch, refused = _ticket(key, branch_id, number)
+    slip_, branch, refused = _slip(key, branch_id, number)
     if refused:
         return refused
     kind = request.args.get("formato", "escpos")
     if kind not in ("escpos", "png"):
         raise BadRequest([messages.format_invalid(kind)])
-    slip_ = slip_for(g.company, branch, ticket.number, ticket.sold_at, ticket.total)
     if kind == "png":
         return Response(render_png(slip_, layout_of(branch)), mimetype="image/png")
     response = Response(render_escpos(slip_, layout_of(branch)), mimetype="application/octet-stream")

@@ -628,14 +628,18 @@ class _Doc(FPDF):
         y = self.get_y()
         self.set_fill_color(*DARK)
         self.rect(MARGIN, y, self.width, height, style="F")
+        self._row(heads, y, height, 0.6)
+        self.font(FONT)
+
+    def _row(self, cells: list[list[str]], y: float, height: float, top: float) -> None:
+        """One table row: each column's wrapped lines, in the column's alignment."""
         x = MARGIN
-        for (head, w, align), lines in zip(COLUMNS, heads):
+        for (_, w, align), lines in zip(COLUMNS, cells):
             for n, line in enumerate(lines):
-                self.set_xy(x + PAD, y + 0.6 + n * LINE)
+                self.set_xy(x + PAD, y + top + n * LINE)
                 self.cell(w - 2 * PAD, LINE, line, align=align)
             x += w
         self.set_y(y + height)
-        self.font(FONT)
 
     def conceptos(self) -> None:
         self.section(f"CONCEPTOS ({len(self.cfdi.conceptos):,})")
@@ -670,13 +674,7 @@ class _Doc(FPDF):
                 y = self.get_y()
             if i % 2:
                 self.rect(MARGIN, y, self.width, height, style="F")
-            x = MARGIN
-            for (_, w, align), lines in zip(COLUMNS, cols):
-                for n, line in enumerate(lines):
-                    self.set_xy(x + PAD, y + 0.4 + n * LINE)
-                    self.cell(w - 2 * PAD, LINE, line, align=align)
-                x += w
-            self.set_y(y + height)
+            self._row(cols, y, height, 0.4)
         self.set_draw_color(60, 60, 60)
         self.line(MARGIN, self.get_y(), MARGIN + self.width, self.get_y())
         self.set_y(self.get_y() + 2)

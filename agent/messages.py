@@ -120,10 +120,6 @@ def expire_refused(number: str, branch: str, cfdi_uuid: str | None) -> str:
     return f"El ticket {number} de la sucursal {branch} ya fue facturado (CFDI {cfdi_uuid}); no se puede expirar."
 
 
-def expire_field(field: str) -> str:
-    return f"{field}: {MISSING}"
-
-
 # downloads and cancellation
 def cfdi_missing(cfdi_id: str) -> str:
     return f"No existe el CFDI con idCfdi {cfdi_id}."

@@ -182,12 +182,12 @@ def parse_expire(data: dict, company: CompanyConfig) -> tuple[str, str]:
     raw_number = data.get("noTicket")
     number = ticket_number(raw_number)
     if raw_number is None or raw_number == "":
-        problems.append(messages.expire_field("noTicket"))
+        problems.append(messages.field_error("noTicket", messages.MISSING))
     elif number is None:
         problems.append(messages.BAD_TICKET_NUMBER)
     branch = data.get("sucursal")
     if branch is None or branch == "":
-        problems.append(messages.expire_field("sucursal"))
+        problems.append(messages.field_error("sucursal", messages.MISSING))
     elif not isinstance(branch, str) or company.branch(branch) is None:
         problems.append(messages.unknown_branch(str(branch)))
     if problems:

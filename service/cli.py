@@ -91,12 +91,7 @@ def print_test(config_path, company_key, branch_id, printer_name, preview):
     from printer.slip import render_escpos, render_png
 
     config = _load(config_path)
-    company = config.company(company_key) if company_key else config.companies[0]
-    if company is None:
-        _fail(f"No company with key {company_key} in the configuration.", 2)
-    branch = company.branch(branch_id) if branch_id else company.branches[0]
-    if branch is None:
-        _fail(f"Company {company.key} has no branch {branch_id}.", 2)
+    company, branch = _company_and_branch(config, company_key, branch_id)
     try:
         spec = printer_of(branch, printer_name)
     except ValueError:
@@ -153,22 +148,18 @@ def global_invoice(config_path, company_key, branch_id, day, dry_run):
     from sync.expiry import expire_overdue
 
     with _agent(config_path) as agent:
-        company = agent.config.company(company_key) if company_key else agent.config.companies[0]
-        if company is None:
-            _fail(f"No company with key {company_key} in the configuration.", 2)
-        branch = company.branch(branch_id)
-        if branch is None:
-            _fail(f"Company {company.key} has no branch {branch_id}.", 2)
+        company, branch = _company_and_branch(agent.config, company_key, branch_id)
         period = period_of(day.date(), company.periodicity)
         closes = period.closes_at(branch.zone)
         if datetime.now(timezone.utc) < closes:
             _fail(f"The period {period.first}..{period.last} is not over: it closes {closes:%Y-%m-%d %H:%M %Z}.", 1)
         expire_overdue(agent.store, agent.config)
         invoicing = global_invoicing(agent)
+        nothing = f"Nothing to invoice for {period.first}..{period.last}: no expired tickets left outside a CFDI."
         if dry_run:
             previews = invoicing.preview(company, branch, period)
             if not previews:
-                click.echo(f"Nothing to invoice for {period.first}..{period.last}: no expired tickets left outside a CFDI.")
+                click.echo(nothing)
             for preview in previews:
                 t = preview.totals
                 click.echo(f"Part {preview.part}: {t.concepts} tickets, SubTotal {t.subtotal}, Descuento {t.discount}, "
@@ -182,7 +173,7 @@ def global_invoice(config_path, company_key, branch_id, day, dry_run):
                 invoicing.stamp(run)
         runs = [r for r in agent.global_runs.runs(company.key, branch.id) if r.period_first == period.first]
         if not runs:
-            click.echo(f"Nothing to invoice for {period.first}..{period.last}: no expired tickets left outside a CFDI.")
+            click.echo(nothing)
         failed = False
         for run in runs:
             status = f"stamped, UUID {agent.store.cfdi(company.key, run.cfdi).uuid}" if run.cfdi else \
@@ -255,6 +246,17 @@ class _agent:
 
     def __exit__(self, *exc):
         self.agent.close()
+
+
+def _company_and_branch(config, company_key: str | None, branch_id: str | None):
+    """The named company (default: the first) and branch (default: its first), or exit 2."""
+    company = config.company(company_key) if company_key else config.companies[0]
+    if company is None:
+        _fail(f"No company with key {company_key} in the configuration.", 2)
+    branch = company.branch(branch_id) if branch_id else company.branches[0]
+    if branch is None:
+        _fail(f"Company {company.key} has no branch {branch_id}.", 2)
+    return company, branch
 
 
 def _fail(message: str, code: int):

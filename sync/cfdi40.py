@@ -219,15 +219,7 @@ def _ticket_taxes(ticket: GlobalTicket) -> list[_Tax]:
         )
     groups: dict[tuple[str, str, Decimal | None], list] = {}
     for item in insumo.items:
-        for t in item.taxes:
-            key = (t.tax, t.factor, t.rate)
-            g = groups.get(key)
-            if g is None:
-                groups[key] = [t.base, t.amount]
-            else:
-                g[0] += t.base
-                if t.amount is not None:
-                    g[1] += t.amount
+        _add_taxes(groups, item.taxes)
     taxes = []
     for (tax, factor, rate), (base, amount) in groups.items():
         if not base:
@@ -253,6 +245,19 @@ def _ticket_taxes(ticket: GlobalTicket) -> list[_Tax]:
                 amount = exact
         taxes.append(_Tax(tax, factor, rate, base, amount))
     return taxes
+
+
+def _add_taxes(groups: dict, taxes) -> None:
+    """Sum Base and Importe per (Impuesto, TipoFactor, TasaOCuota); Exento has no Importe."""
+    for t in taxes:
+        key = (t.tax, t.factor, t.rate)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [t.base, t.amount]
+        else:
+            group[0] += t.base
+            if t.amount is not None:
+                group[1] += t.amount
 
 
 def check_ticket(ticket: GlobalTicket) -> None:
@@ -300,15 +305,7 @@ def _plan(invoice: GlobalInvoice, render: bool) -> _Plan:
             # global CFDI is paid in full (PUE), so 99 "Por definir" cannot be its form.
             if insumo.payment_form != _TO_BE_DEFINED and (largest is None or insumo.total > largest_total):
                 largest, largest_total = ticket, insumo.total
-            for t in taxes:
-                key = (t.tax, t.factor, t.rate)
-                g = summary.get(key)
-                if g is None:
-                    summary[key] = [t.base, t.amount]
-                else:
-                    g[0] += t.base
-                    if t.amount is not None:
-                        g[1] += t.amount
+            _add_taxes(summary, taxes)
             if render:
                 xml, cadena = _render_concept(ticket, taxes)
                 xml_parts.append(xml)

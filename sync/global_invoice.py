@@ -23,6 +23,7 @@ from agent.periods import Period, period_of
 from sync import cfdi40
 from sync.cfdi40 import GlobalInvoice as CfdiInput
 from sync.cfdi40 import GlobalTicket, Issuer
+from sync.pdf import render_pdf
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,6 @@ class GlobalInvoicing:
             xml = cfdi40.build_xml(data, self.csd_for(company))
             cfdi40.validate(xml)
             stamped = self.upstream.stamp(xml, key=f"{run.company}-global-{run.id}")
-            from sync.pdf import render_pdf
-
             pdf = render_pdf(stamped.xml)
             totals = cfdi40.totals(data)
             record = _new_cfdi(run, data, totals, stamped)

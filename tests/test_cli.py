@@ -363,3 +363,15 @@ def test_serve_prints_the_banner_and_stops_cleanly_on_sigterm(tmp_path):
     assert out.splitlines()[0] == f"pos-ticket-agent listening on http://127.0.0.1:{port} (data in {tmp_path / 'data'})"
     assert "DEMO" not in out
     assert "stopped" in err
+
+
+def test_unknown_company_or_branch_is_named(runner, tmp_path):
+    from helpers import write_config
+
+    path = write_config(tmp_path)
+    result = runner.invoke(cli, ["global-invoice", "--config", str(path), "--branch", "nowhere", "--period", "2026-01-01"])
+    assert result.exit_code == 2
+    assert "has no branch nowhere" in result.output
+    result = runner.invoke(cli, ["print-test", "--config", str(path), "--company", "nokey123"])
+    assert result.exit_code == 2
+    assert "No company with key nokey123" in result.output

@@ -6,7 +6,7 @@ import io
 import json
 import threading
 import zipfile
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -310,3 +310,35 @@ def test_status_shows_tickets_slips_global_invoices_and_the_csd(client, agent, i
     assert "slips: 2 pending" in result.output
     assert f"global FG-1 2026-11-20..2026-11-20: 1 tickets, stamped, total 116.00, UUID {uuid}" in result.output
     assert "CSD: sandbox test certificate, No. " in result.output
+
+
+def test_a_csd_that_expires_while_the_agent_runs_fails_the_run_with_the_reason(client, agent, invoicing, tmp_path):
+    from datetime import timedelta
+
+    from csd_factory import make_csd
+
+    from sync.csd import CsdError
+    from sync.signing import Signers
+
+    cer, key, password = make_csd(tmp_path / "csd", not_before=datetime(2024, 1, 1), days_valid=400)
+    from agent.config import CsdConfig
+
+    company = agent.config.company(KEY_A)
+    company = company.model_copy(update={"csd": CsdConfig(cer=str(cer), key=str(key), password=password)})
+    config = agent.config.model_copy(update={"companies": (company, *agent.config.companies[1:])})
+    signers = Signers(config, agent.data_dir, "sandbox")
+    signers.check(now=datetime(2024, 6, 1, tzinfo=timezone.utc))  # fine when the agent started
+    with pytest.raises(CsdError, match="expired on 2025-02-04"):
+        signers(company)
+    assert "unusable: company EKU9003173C9: the CSD expired on 2025-02-04" in signers.describe(company)
+    with pytest.raises(CsdError, match="expired"):
+        Signers(config, agent.data_dir, "sandbox").check()  # and a start-up now refuses it
+
+    invoicing.csd_for = signers
+    sell(client, "X9", "10.00")
+    [error] = close_day(agent, invoicing)
+    run = GlobalInvoice.get()
+    assert (run.state, run.tickets) == ("failed", 1)
+    assert "expired on 2025-02-04" in run.last_error
+    # The first retry is a minute after the failed try.
+    assert run.retry_at == invoicing.clock().astimezone(timezone.utc).replace(tzinfo=None) + timedelta(minutes=1)

@@ -139,3 +139,37 @@ def test_money_is_exact_in_the_database(client, store, agent):
 def test_the_database_is_wal_and_fully_synchronous(agent):
     assert agent.db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert agent.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_a_waiter_that_gives_up_gets_a_503_and_the_writer_does_not_jam(agent):
+    # The leader is stuck in a slow write (a disk that hangs); a second change waits
+    # behind it past its deadline. It is told so, its change is still written once the
+    # disk answers, and the writer keeps working afterwards.
+    writer = Writer(agent.db, wait_seconds=0.2)
+    release, entered = threading.Event(), threading.Event()
+    written = []
+
+    def slow(payloads):
+        entered.set()
+        release.wait(10)
+        written.extend(payloads)
+        return payloads
+
+    def quick(payloads):
+        written.extend(payloads)
+        return payloads
+
+    leader = threading.Thread(target=writer.submit, args=(slow, "first"))
+    leader.start()
+    try:
+        deadline_hit = False
+        assert entered.wait(10)  # the leader is inside its write
+        with pytest.raises(StorageUnavailable, match="did not answer in time"):
+            writer.submit(quick, "second")
+        deadline_hit = True
+    finally:
+        release.set()
+        leader.join(10)
+    assert deadline_hit
+    assert writer.submit(quick, "third") == "third"
+    assert written == ["first", "second", "third"]

@@ -453,13 +453,32 @@ def _send_tcp_confirmed(spec: PrinterSpec, data: bytes, timeout: float, job: str
                     raise _error(spec, "closed the connection without answering the status request; "
                                        "if this printer does not answer DLE EOT, add ?confirm=no", job)
                 if any(_is_status_byte(b) for b in chunk):
-                    return
+                    break
         except TimeoutError:
             raise silent from None
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             raise dropped from None
         except OSError as e:
             raise _error(spec, f"failed while sending: {e.strerror or e}", job) from None
+        _close_after_status(sock, deadline)
+
+
+def _close_after_status(sock: socket.socket, deadline: float) -> None:
+    """Half-close and read what the printer still sends before closing.
+
+    A raster image may hold the bytes of a status request, and a printer answers those
+    too. Closing a socket with unread answers in it sends a reset, and a reset throws
+    away whatever the printer had not read yet: the tail of the slip. So say "that was
+    all" and read until the printer closes, or for a short grace if it keeps the line."""
+    end = min(time.monotonic() + CLOSE_GRACE, deadline)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(4096):
+                return
+    except OSError:  # the printer already answered for the job; nothing more to learn
+        return
 
 
 def _unacknowledged(sock: socket.socket) -> int | None:

@@ -317,6 +317,14 @@ def test_a_big_job_arrives_whole(fake):
     assert fake.wait_for_jobs(1) == [data + STATUS_REQUEST]
 
 
+def test_status_requests_inside_an_image_do_not_cut_the_job_short(fake):
+    # Raster bytes can spell DLE EOT 1; the printer answers those early, and closing on
+    # the first answer with the others unread would reset the connection mid-slip.
+    data = (b"\x00" * 100_000 + STATUS_REQUEST) * 30
+    send(parse_printer(fake.url), data, name="raster", timeout=10)
+    assert fake.wait_for_jobs(1) == [data + STATUS_REQUEST]
+
+
 def test_jobs_in_a_row_each_use_their_own_connection(fake):
     spec = parse_printer(fake.url)
     for i in range(5):

@@ -15,7 +15,9 @@ from agent.global_runs import GlobalRuns
 from agent.print_queue import PrintQueue
 from agent.store import Store
 from agent.writer import Writer
-from sync.upstream import Upstream, make_upstream
+from agent.receipts import Receipts
+from sync.facturapi import FacturapiClient
+from sync.upstream import FacturapiUpstream, Upstream, make_upstream
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,40 @@ class Agent:
         self.store = Store(self.db, self.writer, self.data_dir)
         self.print_queue = PrintQueue(self.writer)
         self.global_runs = GlobalRuns(self.writer, self.store)
-        self.upstream = upstream or make_upstream(config.upstream.kind)
-        # Called after a print job is queued; service/ points it at the print worker.
+        self.receipts = Receipts(self.writer)
+        # The sandbox, for every company that does not use Facturapi.
+        self.upstream = upstream or make_upstream("sandbox")
+        self._clients: dict[str, FacturapiClient] = {}
+        # Called after a print job is queued / a ticket stored; service/ points them at
+        # the print worker and the receipt pusher.
         self.on_print_job: Callable[[], None] = lambda: None
+        self.on_ticket_stored: Callable[[], None] = lambda: None
+
+    def uses_facturapi(self, company_key: str) -> bool:
+        company = self.config.company(company_key)
+        return company is not None and self.config.upstream_of(company) == "facturapi"
+
+    def facturapi(self, company_key: str) -> FacturapiClient:
+        """The company's Facturapi client; ValueError if its key cannot be read."""
+        client = self._clients.get(company_key)
+        if client is None:
+            company = self.config.company(company_key)
+            upstream = self.config.upstream
+            client = FacturapiClient(upstream.facturapi_url, company.facturapi.read_key(), timeout=upstream.timeout)
+            self._clients[company_key] = client
+        return client
+
+    def facturapi_clients(self) -> dict[str, FacturapiClient]:
+        return {c.key: self.facturapi(c.key) for c in self.config.companies if self.uses_facturapi(c.key)}
+
+    def upstream_for(self, company_key: str) -> Upstream:
+        if self.uses_facturapi(company_key):
+            return FacturapiUpstream(self.facturapi(company_key))
+        return self.upstream
+
+    def link_wait(self, company_key: str) -> float:
+        """Seconds a new slip waits for the upstream's self-invoice link (0: none comes)."""
+        return self.config.upstream.qr_wait if self.uses_facturapi(company_key) else 0.0
 
     def close(self) -> None:
         """Finish the writes in flight, then close the database."""

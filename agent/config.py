@@ -57,6 +57,7 @@ __all__ = [
     "ConfigError",
     "ServerConfig",
     "UpstreamConfig",
+    "FacturapiConfig",
     "BranchConfig",
     "CompanyConfig",
     "Config",
@@ -265,10 +266,77 @@ class ServerConfig(_Model):
         return self.max_body_kb * 1024
 
 
-class UpstreamConfig(_Model):
-    """``[upstream]``: who stamps (timbra) the invoices."""
+UpstreamKind = Literal["sandbox", "facturapi"]
+FACTURAPI_URL = "https://www.facturapi.io/v2"
 
-    kind: Literal["sandbox"] = "sandbox"
+
+class UpstreamConfig(_Model):
+    """``[upstream]``: who stamps (timbra) the invoices, and how the agent talks to
+    Facturapi for the companies that use it (docs/sync.md)."""
+
+    kind: UpstreamKind = "sandbox"
+    facturapi_url: str = FACTURAPI_URL
+    # Seconds one request to Facturapi may take before it counts as failed.
+    timeout: float = Field(default=15, gt=0, le=300)
+    # Receipts pushed at the same time, per company.
+    concurrency: int = Field(default=4, ge=1, le=32)
+    # Seconds a new ticket's slip waits for the receipt's self_invoice_url before it
+    # prints with the company's portal_url instead.
+    qr_wait: float = Field(default=3, ge=0, le=60)
+    # Seconds between two polls of Facturapi for what customers invoiced.
+    poll_every: int = Field(default=300, ge=10, le=86_400)
+
+    @field_validator("facturapi_url")
+    @classmethod
+    def _check_facturapi_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise _problem(f"must be an http(s) URL like {FACTURAPI_URL!r}, got {_show(v)}")
+        return v.rstrip("/")
+
+
+class FacturapiConfig(_Model):
+    """``[companies.facturapi]``: the company's Facturapi secret key, read from a file or
+    an environment variable, never from this file and never logged."""
+
+    api_key_file: str = ""
+    api_key_env: str = ""
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base_dir")
+        return str(_resolve_against(Path(base), v)) if v and base is not None else v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise _problem(f"must be an environment variable name like FACTURAPI_KEY, got {_show(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "FacturapiConfig":
+        if bool(self.api_key_file) == bool(self.api_key_env):
+            raise _problem("give the secret key as exactly one of api_key_file or api_key_env")
+        return self
+
+    def read_key(self, env: Mapping[str, str] | None = None) -> str:
+        """The secret key; ValueError naming where it was looked for (never the key)."""
+        if self.api_key_env:
+            key = (os.environ if env is None else env).get(self.api_key_env, "").strip()
+            where = f"the environment variable {self.api_key_env}"
+        else:
+            try:
+                key = Path(self.api_key_file).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ValueError(f"cannot read the Facturapi key file {self.api_key_file}: {e.strerror or e}") from None
+            where = f"the file {self.api_key_file}"
+        if not key:
+            raise ValueError(f"no Facturapi secret key in {where}")
+        if not key.startswith(("sk_test_", "sk_live_")):
+            raise ValueError(f"the Facturapi key in {where} is not a secret key (sk_test_... or sk_live_...)")
+        return key
 
 
 class CsdConfig(_Model):
@@ -457,6 +525,9 @@ class CompanyConfig(_Model):
     csd: CsdConfig | None = None
     # Largest global CFDI: more expired tickets than this in a period make several parts.
     global_max_tickets: int = Field(default=5000, ge=1, le=5000)
+    # "" = the [upstream] kind; "facturapi" needs the [companies.facturapi] key.
+    upstream: Literal["", "sandbox", "facturapi"] = ""
+    facturapi: FacturapiConfig | None = None
     branches: tuple[BranchConfig, ...] = Field(min_length=1, strict=False)
 
     _branch_index: dict[str, BranchConfig] = PrivateAttr(default_factory=dict)
@@ -550,6 +621,12 @@ class CompanyConfig(_Model):
             v, "id", lambda value, first: f"branch id {value} is already used by branches[{first}] of this company"
         )
 
+    @model_validator(mode="after")
+    def _facturapi_key(self) -> "CompanyConfig":
+        if self.upstream == "facturapi" and self.facturapi is None:
+            raise _problem("upstream \"facturapi\" needs [companies.facturapi] with api_key_file or api_key_env")
+        return self
+
     def branch(self, branch_id: str) -> BranchConfig | None:
         return self._branch_index.get(branch_id)
 
@@ -630,6 +707,20 @@ class Config(_Model):
     def company(self, key: str) -> CompanyConfig | None:
         return self._company_index.get(key)
 
+    def upstream_of(self, company: CompanyConfig) -> str:
+        """The upstream kind a company uses: its own choice, else [upstream].kind."""
+        return company.upstream or self.upstream.kind
+
+    @model_validator(mode="after")
+    def _facturapi_companies_have_keys(self) -> "Config":
+        for i, company in enumerate(self.companies):
+            if self.upstream_of(company) == "facturapi" and company.facturapi is None:
+                raise _problem(
+                    f"companies[{i}] uses the facturapi upstream and needs [companies.facturapi] "
+                    "with api_key_file or api_key_env"
+                )
+        return self
+
 
 # --------------------------------------------------------------------------
 # pydantic errors -> plain English
@@ -638,6 +729,7 @@ _SECTION_NAMES: dict[type[BaseModel], str] = {
     Config: "the top level of the file",
     ServerConfig: "[server]",
     UpstreamConfig: "[upstream]",
+    FacturapiConfig: "[companies.facturapi]",
     CompanyConfig: "[[companies]]",
     BranchConfig: "[[companies.branches]]",
 }
@@ -947,8 +1039,18 @@ threads = 16
 max_body_kb = 1024
 
 [upstream]
-# Who stamps (timbra) the invoices; only "sandbox" (test stamping) for now.
+# Who stamps (timbra) the invoices: "sandbox" (local test stamping, no network) or "facturapi".
 kind = "sandbox"
+# Facturapi's API address; change it only for a test double.
+facturapi_url = "https://www.facturapi.io/v2"
+# Seconds one request to Facturapi may take (at most 300).
+timeout = 15
+# Receipts sent to Facturapi at the same time, per company (1-32).
+concurrency = 4
+# Seconds a new slip waits for Facturapi's self-invoice link before printing the portal_url (0-60).
+qr_wait = 3
+# Seconds between two checks of what customers invoiced in Facturapi (10-86400).
+poll_every = 300
 
 [[companies]]
 # The company's token in the POS URLs ({Token}/{keyEmpresa}); its identity in the local store, do not change it later.
@@ -973,6 +1075,17 @@ portal_url = "https://facturacion.example.com/{company}/{branch}/{ticket}"
 url_secret = ""
 # Most tickets in one global CFDI (1-5000); a period with more gets several global CFDIs.
 global_max_tickets = 5000
+
+# Who stamps this company's invoices: "" = the [upstream] kind, "sandbox" or "facturapi".
+upstream = ""
+
+# The company's Facturapi secret key (sk_test_... or sk_live_...), needed with upstream "facturapi".
+# Put it in a file readable only by the agent, or in an environment variable; never here.
+# [companies.facturapi]
+# The file holding the key.
+# api_key_file = "secrets/facturapi.key"
+# Or the environment variable holding it (use one of the two).
+# api_key_env = "FACTURAPI_KEY"
 
 # The company's CSD (certificado de sello digital) that signs its global CFDIs, as SAT issued
 # it. Without it the sandbox upstream signs with a test certificate of its own.

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import zipfile
+from dataclasses import replace
 from datetime import timezone
 
 from flask import Blueprint, Response, current_app, g, request
@@ -68,16 +69,20 @@ def _storage_unavailable(exc: StorageUnavailable):
 @bp.route("/<key>/tickets", methods=["PUT"])
 @company_required
 def put_ticket(key: str):
+    agent = _agent()
     ticket = parse_ticket(_json_body(), g.company, key)
+    if ticket.printer is not None and agent.link_wait(key):
+        ticket = replace(ticket, print_delay=agent.link_wait(key))
     try:
-        outcome = _agent().store.put_ticket(ticket)
+        outcome = agent.store.put_ticket(ticket)
     except TicketConflict as exc:
         text = messages.replace_refused(ticket.number, ticket.branch, exc.status, exc.synced, exc.cfdi_uuid)
         return text_response(text, 409)
     if outcome in (STORED_NEW, REPLACED):
         log.debug("ticket %s/%s %s", ticket.branch, ticket.number, outcome)
+        agent.on_ticket_stored()
         if ticket.printer is not None:
-            _agent().on_print_job()
+            agent.on_print_job()
     return text_response(messages.SAVED)
 
 
@@ -206,7 +211,8 @@ def cancel_cfdi(key: str, uuid: str):
     if cfdi.status == CFDI_CANCELLED:
         return text_response(messages.already_cancelled(cfdi.uuid))
     try:
-        result = agent.upstream.cancel(cfdi.uuid, motive, substitute, production=cfdi.production)
+        upstream = agent.upstream_for(key)
+        result = upstream.cancel(cfdi.uuid, motive, substitute, production=cfdi.production, upstream_id=cfdi.upstream_id)
     except UpstreamError as exc:
         log.warning("cancel of %s refused upstream: %s", cfdi.uuid, exc)
         return text_response(messages.cancel_failed(cfdi.uuid, str(exc)), 502)

@@ -19,6 +19,7 @@ from agent.models import (
     RUN_FAILED,
     RUN_RESERVED,
     RUN_STAMPED,
+    RUN_WAITING,
     GlobalInvoice,
     Ticket,
 )
@@ -69,7 +70,8 @@ class GlobalRuns:
 
     def to_stamp(self, now: datetime, company: str | None = None) -> list[GlobalInvoice]:
         query = GlobalInvoice.select().where(
-            (GlobalInvoice.state == RUN_RESERVED) | ((GlobalInvoice.state == RUN_FAILED) & (GlobalInvoice.retry_at <= now))
+            (GlobalInvoice.state == RUN_RESERVED)
+            | (GlobalInvoice.state.in_([RUN_FAILED, RUN_WAITING]) & (GlobalInvoice.retry_at <= now))
         )
         if company is not None:
             query = query.where(GlobalInvoice.company == company)
@@ -92,6 +94,11 @@ class GlobalRuns:
 
     def failed(self, run_id: int, error: str, retry_at: datetime | None) -> None:
         self.writer.submit(_failed, (run_id, error, retry_at))
+
+    def waiting(self, run_id: int, upstream_id: str | None, retry_at: datetime, note: str | None = None) -> None:
+        """The upstream accepted the run and is still stamping it: poll it at retry_at,
+        never send it again. `upstream_id` None forgets an invoice that failed there."""
+        self.writer.submit(_waiting, (run_id, upstream_id, retry_at, note))
 
     def runs(self, company: str, branch: str | None = None) -> list[GlobalInvoice]:
         query = GlobalInvoice.select().where(GlobalInvoice.company == company)
@@ -187,6 +194,14 @@ def _record(batch):
                              retry_at=None, updated_at=now).where(GlobalInvoice.id == run_id).execute()
         results.append(GlobalInvoice.get_by_id(run_id))
     return results
+
+
+def _waiting(batch):
+    for run_id, upstream_id, retry_at, note in batch:
+        GlobalInvoice.update(
+            state=RUN_WAITING, upstream_id=upstream_id, retry_at=retry_at, last_error=note, updated_at=utcnow()
+        ).where((GlobalInvoice.id == run_id) & (GlobalInvoice.state != RUN_STAMPED)).execute()
+    return [None] * len(batch)
 
 
 def _failed(batch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from agent.models import Cfdi, GlobalInvoice, PrintJob, Ticket, TicketCfdi, TicketEvent
+from agent.models import Cfdi, GlobalInvoice, PrintJob, Receipt, SyncStatus, Ticket, TicketCfdi, TicketEvent
 
 
 def initial_schema(db):
@@ -29,8 +29,25 @@ def global_invoices(db):
     db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_global_invoice" ON "ticket" ("global_invoice")')
 
 
+def _add_column_if_missing(db, model, name):
+    field = model._meta.fields[name]
+    columns = {column.name for column in db.get_columns(model._meta.table_name)}
+    if field.column_name not in columns:
+        migrate(SchemaMigrator.from_database(db).add_column(model._meta.table_name, field.column_name, field))
+
+
+def upstream_sync(db):
+    db.create_tables([Receipt, SyncStatus])
+    _add_column_if_missing(db, Cfdi, "upstream_id")
+    _add_column_if_missing(db, GlobalInvoice, "upstream_id")
+    # The push job's outbox query: tickets the upstream has not seen yet. Partial, so it
+    # holds only the few tickets in flight, not the store's whole history.
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_unsynced" ON "ticket" ("company", "id") WHERE "synced_at" IS NULL')
+
+
 STEPS = [
     initial_schema,
     print_queue,
     global_invoices,
+    upstream_sync,
 ]

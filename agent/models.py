@@ -96,6 +96,8 @@ class Cfdi(BaseModel):
     xml_file = CharField(null=True)
     pdf_file = CharField(null=True)
     created_at = DateTimeField()
+    # The invoice's id at the upstream that issued it (Facturapi), to cancel it there.
+    upstream_id = CharField(null=True)
 
     class Meta:
         indexes = ((("company", "branch"), False),)
@@ -165,10 +167,14 @@ class TicketCfdi(BaseModel):
 
 
 # Global invoice run states: RESERVED (tickets and folio taken), STAMPED (its CFDI is
-# recorded), FAILED (will be retried after retry_at; its tickets stay reserved).
+# recorded), FAILED (will be retried after retry_at; its tickets stay reserved),
+# WAITING (the upstream accepted it and is still stamping: polled, never re-sent), VOID
+# (every ticket of it was invoiced by a customer in the cloud first; its folio is unused).
 RUN_RESERVED = "reserved"
 RUN_STAMPED = "stamped"
 RUN_FAILED = "failed"
+RUN_WAITING = "waiting"
+RUN_VOID = "void"
 
 
 class GlobalInvoice(BaseModel):
@@ -192,6 +198,8 @@ class GlobalInvoice(BaseModel):
     retry_at = DateTimeField(null=True)
     created_at = DateTimeField()
     updated_at = DateTimeField()
+    # The upstream's invoice id once it accepted the run (Facturapi), to poll it.
+    upstream_id = CharField(null=True)
 
     class Meta:
         indexes = (
@@ -228,6 +236,55 @@ class PrintJob(BaseModel):
         indexes = ((("state", "next_attempt_at"), False), (("ticket",), False))
 
 
+# Receipt push states (docs/sync.md). A ticket gets its Receipt row when the push job
+# claims it, in the same transaction that marks the ticket synced: from then on the
+# upstream may have it, so it can no longer be replaced.
+PUSH_PENDING = "pending"  # claimed: being sent, or waiting for its retry
+PUSH_SYNCED = "synced"  # the upstream has it; its id and self-invoice URL are kept
+PUSH_STOPPED = "stopped"  # refused for good, or the upstream's total disagrees: a person must look
+
+
+class Receipt(BaseModel):
+    """A ticket as a receipt at the upstream (Facturapi): the outbox row and its answer."""
+
+    ticket = ForeignKeyField(Ticket, primary_key=True, backref="receipt", on_delete="RESTRICT")
+    company = CharField()
+    branch = CharField()
+    idempotency_key = CharField(unique=True)
+    state = CharField(default=PUSH_PENDING)
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField()  # UTC
+    last_error = TextField(null=True)
+    upstream_id = CharField(null=True, unique=True)  # the receipt's id
+    key = CharField(null=True)
+    self_invoice_url = TextField(null=True)
+    expires_at = DateTimeField(null=True)  # UTC
+    upstream_status = CharField(null=True)  # open | canceled | invoiced_to_customer | invoiced_globally
+    upstream_total = MoneyField(null=True)
+    invoice_id = CharField(null=True)  # the upstream invoice that covers it, once invoiced
+    synced_at = DateTimeField(null=True)
+    checked_at = DateTimeField(null=True)  # last time a poll saw it
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        indexes = ((("state", "next_attempt_at"), False), (("company", "upstream_status"), False))
+
+
+class SyncStatus(BaseModel):
+    """Per company and branch: when the sync last worked, and its last error."""
+
+    company = CharField()
+    branch = CharField()
+    last_push_at = DateTimeField(null=True)
+    last_poll_at = DateTimeField(null=True)
+    last_error = TextField(null=True)
+    last_error_at = DateTimeField(null=True)
+
+    class Meta:
+        primary_key = CompositeKey("company", "branch")
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
 
@@ -235,4 +292,4 @@ class SchemaVersion(BaseModel):
         table_name = "schema_version"
 
 
-ALL_TABLES = [Cfdi, Ticket, TicketEvent, TicketCfdi, PrintJob, GlobalInvoice]
+ALL_TABLES = [Cfdi, Ticket, TicketEvent, TicketCfdi, PrintJob, GlobalInvoice, Receipt, SyncStatus]

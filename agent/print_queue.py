@@ -12,7 +12,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Sequence
 
-from agent.models import JOB_FAILED, JOB_PENDING, JOB_PRINTED, JOB_PRINTING, PrintJob, Ticket
+from peewee import JOIN
+
+from agent.models import JOB_FAILED, JOB_PENDING, JOB_PRINTED, JOB_PRINTING, PUSH_SYNCED, PrintJob, Receipt, Ticket
 from agent.writer import Writer
 from printer.worker import JobOutcome
 
@@ -33,13 +35,14 @@ class DueJob:
     number: str
     sold_at: datetime
     total: Decimal
+    link: str | None = None  # the upstream's self-invoice URL, when it has arrived
 
 
-def insert_jobs(jobs: Sequence[tuple[int, str, str]], now: datetime) -> None:
-    """(ticket id, printer name, reason) rows, inside the caller's transaction."""
+def insert_jobs(jobs: Sequence[tuple[int, str, str, datetime]], now: datetime) -> None:
+    """(ticket id, printer name, reason, due at) rows, inside the caller's transaction."""
     if jobs:
         PrintJob.insert_many(
-            [(ticket_id, printer, reason, JOB_PENDING, 0, now, now) for ticket_id, printer, reason in jobs],
+            [(ticket_id, printer, reason, JOB_PENDING, 0, due, now) for ticket_id, printer, reason, due in jobs],
             fields=[
                 PrintJob.ticket, PrintJob.printer, PrintJob.reason, PrintJob.state,
                 PrintJob.attempts, PrintJob.next_attempt_at, PrintJob.created_at,
@@ -73,7 +76,7 @@ class PrintQueue:
 
 def _enqueue(batch):
     for ticket_id, printer, reason, now in batch:
-        insert_jobs([(ticket_id, printer, reason)], now)
+        insert_jobs([(ticket_id, printer, reason, now)], now)
     return [None] * len(batch)
 
 
@@ -83,9 +86,10 @@ def _claim(batch):
         rows = list(
             PrintJob.select(
                 PrintJob.id, PrintJob.attempts, PrintJob.printer, PrintJob.reason, PrintJob.created_at,
-                Ticket.company, Ticket.branch, Ticket.number, Ticket.sold_at, Ticket.total,
+                Ticket.company, Ticket.branch, Ticket.number, Ticket.sold_at, Ticket.total, Receipt.self_invoice_url,
             )
             .join(Ticket, on=(PrintJob.ticket == Ticket.id))
+            .join(Receipt, JOIN.LEFT_OUTER, on=((Receipt.ticket == Ticket.id) & (Receipt.state == PUSH_SYNCED)))
             .where((PrintJob.state == JOB_PENDING) & (PrintJob.next_attempt_at <= now))
             .order_by(PrintJob.next_attempt_at, PrintJob.id)
             .limit(limit)

@@ -43,7 +43,8 @@ def _slip(key: str, branch_id: str, number: str):
     ticket, branch, refused = _ticket(key, branch_id, number)
     if refused:
         return None, None, refused
-    return slip_for(g.company, branch, ticket.number, ticket.sold_at, ticket.total), branch, None
+    link = current_app.config["AGENT"].receipts.link_of(ticket.id)
+    return slip_for(g.company, branch, ticket.number, ticket.sold_at, ticket.total, link), branch, None
 
 
 @bp.route("/<key>/tickets/<branch_id>/<number>/reimprimir", methods=["POST", "PUT"])

@@ -25,7 +25,11 @@ def layout_of(branch: BranchConfig) -> Layout:
     )
 
 
-def slip_for(company: CompanyConfig, branch: BranchConfig, number: str, sold_at: datetime, total: Decimal) -> Slip:
+def slip_for(
+    company: CompanyConfig, branch: BranchConfig, number: str, sold_at: datetime, total: Decimal, link: str | None = None
+) -> Slip:
+    """`link`: the upstream's own self-invoice URL for the ticket, which wins over the
+    company's portal_url template."""
     return Slip(
         company_name=company.legal_name,
         branch_name=branch.name,
@@ -33,7 +37,7 @@ def slip_for(company: CompanyConfig, branch: BranchConfig, number: str, sold_at:
         sold_at=sold_at,
         total=total,
         deadline=self_invoice_deadline(sold_at, company.periodicity, company.self_invoice_days),
-        url=portal_url(company, branch.id, number, total, sold_at),
+        url=link or portal_url(company, branch.id, number, total, sold_at),
     )
 
 
@@ -55,7 +59,7 @@ def render_job(config: Config, job) -> RenderedJob | None:
     spec = printer_of(branch, job.printer)
     if spec == "none":
         return None
-    slip = slip_for(company, branch, job.number, job.sold_at, job.total)
+    slip = slip_for(company, branch, job.number, job.sold_at, job.total, getattr(job, "link", None))
     layout = layout_of(branch)
     preview = render_png(slip, layout) if parse_printer(spec).kind == "folder" else None
     return RenderedJob(spec, render_escpos(slip, layout), preview, f"{job.branch}_{job.number}_{job.id}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -51,6 +51,9 @@ class NewTicket:
     # Which printer gets the slip: a name from the branch's `printers`, "" for the
     # branch's own printer, None when the branch does not print.
     printer: str | None = ""
+    # Seconds the slip waits for the upstream's self-invoice link (a Facturapi company);
+    # the push job lets it print as soon as the link arrives.
+    print_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class NewCfdi:
     serie: str = ""
     folio: str = ""
     production: bool = False
+    upstream_id: str | None = None  # its id at the upstream that issued it (Facturapi)
 
 
 class TicketNotFound(LookupError):
@@ -319,25 +323,29 @@ def _put_tickets(batch: Sequence[NewTicket]) -> list:
             )
             current.body_hash, current.total = item.body_hash, item.total
             if item.printer is not None and not _has_pending_job(current.id):
-                insert_jobs([(current.id, item.printer, "replaced")], now)
+                insert_jobs([(current.id, item.printer, "replaced", _print_at(item, now))], now)
             results.append(REPLACED)
         else:
             results.append(
                 TicketConflict(item.number, item.branch, current.status, current.synced, _uuid_of(current.cfdi_id), "replace")
             )
     rows = list(new_rows.values())
-    printers = {key: item.printer for item in batch if (key := (item.company, item.branch, item.number)) in new_rows}
+    printers = {key: item for item in batch if (key := (item.company, item.branch, item.number)) in new_rows}
     jobs = []
     for chunk in (rows[i : i + 400] for i in range(0, len(rows), 400)):
         params = [field.db_value(row[field.name]) for row in chunk for field in _INSERT_FIELDS]
-        printing = any(printers[(row["company"], row["branch"], row["number"])] is not None for row in chunk)
+        printing = any(printers[(row["company"], row["branch"], row["number"])].printer is not None for row in chunk)
         cursor = db.execute_sql(_insert_sql(len(chunk), printing), params)
         for ticket_id, company, branch, number in cursor if printing else ():
-            printer = printers[(company, branch, number)]
-            if printer is not None:
-                jobs.append((ticket_id, printer, "sale"))
+            item = printers[(company, branch, number)]
+            if item.printer is not None:
+                jobs.append((ticket_id, item.printer, "sale", _print_at(item, now)))
     insert_jobs(jobs, now)  # in the same transaction: a stored ticket always has its slip
     return results
+
+
+def _print_at(item: NewTicket, now: datetime) -> datetime:
+    return now + timedelta(seconds=item.print_delay) if item.print_delay else now
 
 
 def _has_pending_job(ticket_id: int) -> bool:

@@ -35,7 +35,7 @@ def _load(config_path: str | None):
               help="Log verbosity (logs go to standard error).")
 def serve(config_path, log_level):
     """Start the agent and serve the POS contract until stopped (Ctrl-C or SIGTERM)."""
-    from service.runner import CannotListen, CannotOpenStore, CannotSign, serve as run_server, setup_logging
+    from service.runner import CannotListen, CannotOpenStore, CannotSign, CannotSync, serve as run_server, setup_logging
 
     config = _load(config_path)
     setup_logging(log_level.upper())
@@ -49,6 +49,9 @@ def serve(config_path, log_level):
         sys.exit(1)
     except CannotSign as exc:
         click.echo(f"Cannot use a CSD: {exc}", err=True)
+        sys.exit(2)
+    except CannotSync as exc:
+        click.echo(f"Cannot use Facturapi: {exc}", err=True)
         sys.exit(2)
 
 
@@ -184,6 +187,58 @@ def global_invoice(config_path, company_key, branch_id, day, dry_run):
             sys.exit(1)
 
 
+@cli.command("sync")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--once", is_flag=True, required=True,
+              help="One round now: send unsent tickets to Facturapi, fetch what customers invoiced, show the backlog.")
+def sync(config_path, once):
+    """Sync the Facturapi companies with the cloud once (serve does it continuously).
+    Exits 1 when tickets are still waiting or stopped."""
+    from service.background import Sync
+
+    with _agent(config_path) as agent:
+        worker = Sync(agent)
+        if worker.problem:
+            _fail(f"Cannot use Facturapi: {worker.problem}", 2)
+        if not worker.clients:
+            click.echo("No company uses the facturapi upstream: nothing to sync.")
+            return
+        pushed = stopped = 0
+        while True:  # until a round sends nothing new: the whole backlog, not one batch
+            result = worker.pusher.run_once()
+            pushed, stopped = pushed + result.pushed, stopped + result.stopped
+            if not result.pushed and not result.stopped:
+                break
+        polled = worker.invoices.run_once()
+        click.echo(f"Sent {pushed} receipt{'s' if pushed != 1 else ''}, {stopped} stopped; "
+                   f"checked {polled.checked}, {polled.invoiced} invoiced by customers.")
+        waiting = False
+        for company in agent.config.companies:
+            if company.key not in worker.clients:
+                continue
+            click.echo(f"company {company.rfc} {company.legal_name}")
+            for line, behind in _sync_lines(agent, company, worker.clients[company.key]):
+                click.echo(f"  {line}")
+                waiting |= behind
+        worker.pusher.stop()
+        if waiting:
+            sys.exit(1)
+
+
+def _sync_lines(agent, company, client):
+    """(text, has backlog) per branch of a Facturapi company."""
+    def when(moment):
+        return f"{moment:%Y-%m-%d %H:%M} UTC" if moment else "never"
+
+    mode = "live key" if client is not None and client.livemode else "test key"
+    for b in agent.receipts.backlog(company.key, [branch.id for branch in company.branches]):
+        line = (f"branch {b.branch}: facturapi ({mode}), backlog {b.unsent} unsent, {b.retrying} retrying, "
+                f"{b.stopped} stopped; last push {when(b.last_push_at)}, last poll {when(b.last_poll_at)}")
+        if b.last_error:
+            line += f"; last error {when(b.last_error_at)}: {b.last_error}"
+        yield line, bool(b.unsent or b.retrying or b.stopped)
+
+
 @cli.command("status")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def status(config_path):
@@ -196,10 +251,20 @@ def status(config_path):
 
     with _agent(config_path) as agent:
         signers = Signers(agent.config, agent.data_dir, agent.upstream.kind)
-        click.echo(f"data: {agent.data_dir}   upstream: {agent.upstream.kind}")
+        click.echo(f"data: {agent.data_dir}   upstream: {agent.config.upstream.kind}")
         for company in agent.config.companies:
             click.echo(f"\ncompany {company.rfc} {company.legal_name} (key {company.key[:8]}...)")
             click.echo(f"  CSD: {signers.describe(company)}")
+            if agent.uses_facturapi(company.key):
+                try:
+                    client = agent.facturapi(company.key)
+                except ValueError as exc:
+                    client = None
+                    click.echo(f"  Facturapi: {exc}")
+                for line, _ in _sync_lines(agent, company, client):
+                    click.echo(f"  {line}")
+                for branch_id, number, error in agent.receipts.stopped(company.key)[-5:]:
+                    click.echo(f"  stopped: ticket {number} of {branch_id}: {error}")
             for branch in company.branches:
                 click.echo(f"  branch {branch.id} {branch.name}")
                 counts = dict(

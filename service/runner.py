@@ -13,7 +13,7 @@ from waitress import create_server
 
 from agent.app import create_app
 from agent.config import Config
-from service.background import Background
+from service.background import Background, SyncKeyError
 from sync.csd import CsdError
 
 log = logging.getLogger("pos-ticket-agent")
@@ -43,6 +43,10 @@ class CannotSign(RuntimeError):
     """A configured CSD cannot be used: found at start-up, not in the night."""
 
 
+class CannotSync(RuntimeError):
+    """A company's Facturapi key cannot be read."""
+
+
 def serve(config: Config, announce: Callable[[str], None] | None = None) -> None:
     announce = announce or (lambda line: print(line, flush=True))
 
@@ -68,10 +72,10 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
     background = Background(agent)
     try:
         background.check()
-    except CsdError as exc:
+    except (CsdError, SyncKeyError) as exc:
         sock.close()
         agent.close()
-        raise CannotSign(str(exc)) from None
+        raise (CannotSync if isinstance(exc, SyncKeyError) else CannotSign)(str(exc)) from None
     server = None
     try:
         background.start()

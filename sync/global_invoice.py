@@ -47,12 +47,16 @@ class Preview:
 
 
 class GlobalInvoicing:
-    def __init__(self, config, runs, upstream, csd_for: Callable, *, clock: Callable[[], datetime] | None = None):
+    def __init__(self, config, runs, upstream, csd_for: Callable, *, clock: Callable[[], datetime] | None = None,
+                 cloud=None, client_for: Callable[[str], object | None] = lambda key: None):  # fmt: skip
         self.config = config
         self.runs = runs  # agent.global_runs.GlobalRuns
         self.upstream = upstream
         self.csd_for = csd_for  # company config -> sync.csd.Csd
         self.clock = clock or (lambda: datetime.now(timezone.utc))
+        # Companies on Facturapi: their runs are issued there from the receipts.
+        self.cloud = cloud  # sync.cloud_global.CloudGlobal
+        self.client_for = client_for  # company key -> FacturapiClient, or None
 
     # -- the scheduled round -------------------------------------------------------------
 
@@ -110,6 +114,12 @@ class GlobalInvoicing:
         its retry, its tickets stay reserved for it."""
         company = self.config.company(run.company)
         branch = company.branch(run.branch) if company else None
+        client = self.client_for(run.company) if self.cloud is not None else None
+        if client is not None:
+            try:
+                return self.cloud.issue(run, client)
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the run, retry later
+                return self._failed(run, exc)
         try:
             if branch is None:
                 raise ValueError(f"branch {run.branch} of company {run.company} is no longer configured")
@@ -124,17 +134,23 @@ class GlobalInvoicing:
             record = _new_cfdi(run, data, totals, stamped)
             done = self.runs.record(run.id, record, xml=stamped.xml, pdf=pdf)
         except Exception as exc:  # noqa: BLE001 - any failure: keep the run, retry later
-            attempts = run.attempts + 1
-            retry_at = _naive_utc(self.clock()) + retry_delay(attempts)
-            log.error("global invoice %s-%s failed (try %d, next at %s UTC): %s", run.series, run.folio, attempts,
-                      f"{retry_at:%Y-%m-%d %H:%M}", exc)
-            self.runs.failed(run.id, str(exc), retry_at)
-            return exc
+            return self._failed(run, exc)
         if isinstance(done, Exception):
             return done
         log.info("global invoice %s-%s stamped: UUID %s, %d tickets, total %s", run.series, run.folio, stamped.uuid,
                  run.tickets, totals.total)
         return done
+
+    def _failed(self, run, exc: Exception) -> Exception:
+        attempts = run.attempts + 1
+        wait = retry_delay(attempts)
+        if getattr(exc, "retry_after", None) is not None:  # the upstream said how long (429)
+            wait = timedelta(seconds=exc.retry_after)
+        retry_at = _naive_utc(self.clock()) + wait
+        log.error("global invoice %s-%s failed (try %d, next at %s UTC): %s", run.series, run.folio, attempts,
+                  f"{retry_at:%Y-%m-%d %H:%M}", exc)
+        self.runs.failed(run.id, str(exc), retry_at)
+        return exc
 
     def _cfdi_input(self, company, branch, period: Period, folio: str, tickets, *, series: str | None = None):
         issued_at = self.clock().astimezone(branch.zone).replace(tzinfo=None, microsecond=0)

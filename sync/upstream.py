@@ -39,7 +39,10 @@ class Upstream(Protocol):
         Returns a sync.sandbox.Stamp (uuid, stamped_at, xml, production)."""
         ...
 
-    def cancel(self, uuid: str, motive: str, substitute: str | None = None, *, production: bool) -> CancelResult:
+    def cancel(
+        self, uuid: str, motive: str, substitute: str | None = None, *, production: bool, upstream_id: str | None = None
+    ) -> CancelResult:
+        """`upstream_id`: the CFDI's id at the upstream that issued it, when it has one."""
         ...
 
 
@@ -56,12 +59,45 @@ class SandboxUpstream:
 
         return stamp_sandbox(xml)
 
-    def cancel(self, uuid: str, motive: str, substitute: str | None = None, *, production: bool) -> CancelResult:
+    def cancel(
+        self, uuid: str, motive: str, substitute: str | None = None, *, production: bool, upstream_id: str | None = None
+    ) -> CancelResult:
         if motive not in MOTIVES:
             raise UpstreamError(f"motivo {motive} no existe")
         if production:
             raise UpstreamError("el modo sandbox no puede cancelar un CFDI de producción ante el SAT")
         return CancelResult(CANCELLED, datetime.now(timezone.utc).replace(tzinfo=None))
+
+
+class FacturapiUpstream:
+    """A company's Facturapi organization. Its global CFDIs are built by Facturapi from
+    the receipts (sync/cloud_global.py), so it stamps nothing the agent signed."""
+
+    kind = "facturapi"
+
+    def __init__(self, client):
+        self.client = client  # sync.facturapi.FacturapiClient
+
+    def stamp(self, xml: bytes, *, key: str):
+        raise UpstreamError("Facturapi issues global invoices from receipts, not from a CFDI the agent signed")
+
+    def cancel(
+        self, uuid: str, motive: str, substitute: str | None = None, *, production: bool, upstream_id: str | None = None
+    ) -> CancelResult:
+        from sync.facturapi import FacturapiError, parse_time
+
+        if not upstream_id:
+            raise UpstreamError(f"el CFDI {uuid} no se emitió en Facturapi; no se puede cancelar ahí")
+        try:
+            invoice = self.client.cancel_invoice(upstream_id, motive, substitute)
+        except FacturapiError as exc:
+            raise UpstreamError(str(exc)) from None
+        if invoice.get("status") == "canceled":
+            at = parse_time(invoice.get("canceled_at")) or datetime.now(timezone.utc).replace(tzinfo=None)
+            return CancelResult(CANCELLED, at)
+        # The receiver must accept (SAT's rule above a certain amount): the agent records
+        # the cancellation when a later poll sees it.
+        return CancelResult(CANCEL_PENDING, datetime.now(timezone.utc).replace(tzinfo=None))
 
 
 def make_upstream(kind: str) -> Upstream:

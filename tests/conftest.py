@@ -39,3 +39,31 @@ def store(agent):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def facturapi():
+    """A fake Facturapi on loopback; a request it had to refuse as invalid fails the test."""
+    from fake_facturapi import FakeFacturapi
+
+    with FakeFacturapi() as fake:
+        yield fake
+        fake.assert_no_invalid_requests()
+
+
+@pytest.fixture
+def cloud(tmp_path, facturapi):
+    """Company A on Facturapi (the fake), company B on the sandbox: the agent and its
+    sync parts, without background threads; tests run the rounds themselves."""
+    from helpers import write_config
+    from service.background import Sync
+
+    config = load_config(write_config(tmp_path, facturapi_url=facturapi.url))
+    app = create_app(config)
+    app.config["TESTING"] = True
+    agent = app.config["AGENT"]
+    sync = Sync(agent)
+    sync.app, sync.agent, sync.fake = app, agent, facturapi
+    yield sync
+    sync.pusher.stop()
+    agent.close()

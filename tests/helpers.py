@@ -28,7 +28,7 @@ max_body_kb = {max_body_kb}
 
 [upstream]
 kind = "sandbox"
-
+{upstream_extra}
 [[companies]]
 key = "{key_a}"
 username = "tepox"
@@ -39,7 +39,7 @@ tax_regime = "601"
 periodicity = "day"
 self_invoice_days = 7
 portal_url = "https://facturacion.example.com/{{company}}/{{branch}}/{{ticket}}"
-
+{company_a_extra}
 [[companies.branches]]
 id = "{branch_a}"
 name = "Centro"
@@ -77,10 +77,24 @@ printer = "none"
 """
 
 
-def write_config(directory: Path, *, port: int = 8572, max_body_kb: int = 256) -> Path:
+# Company A's Facturapi test key, when a test puts it on Facturapi (the fake's org).
+FACTURAPI_KEY_A = "sk_test_companyA0000000000000000"
+
+
+def write_config(directory: Path, *, port: int = 8572, max_body_kb: int = 256, facturapi_url: str | None = None,
+                 qr_wait: float = 0) -> Path:  # fmt: skip
+    """The test configuration; with `facturapi_url`, company A uses Facturapi there (its
+    key in a file beside the config), company B stays on the sandbox."""
     path = directory / "ticket-agent.toml"
+    upstream_extra = company_a_extra = ""
+    if facturapi_url:
+        (directory / "facturapi.key").write_text(FACTURAPI_KEY_A + "\n", encoding="utf-8")
+        upstream_extra = f'facturapi_url = "{facturapi_url}"\ntimeout = 5\nqr_wait = {qr_wait}\n'
+        company_a_extra = 'upstream = "facturapi"\n\n[companies.facturapi]\napi_key_file = "facturapi.key"\n'
     path.write_text(
         CONFIG_TOML.format(
+            upstream_extra=upstream_extra,
+            company_a_extra=company_a_extra,
             port=port,
             data_dir=(directory / "data").as_posix(),
             max_body_kb=max_body_kb,

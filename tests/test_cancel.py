@@ -120,14 +120,14 @@ def test_the_sandbox_refuses_a_production_cfdi_and_nothing_changes(client, store
 class PendingUpstream:
     kind = "test"
 
-    def cancel(self, uuid, motive, substitute=None, *, production):
+    def cancel(self, uuid, motive, substitute=None, *, production, upstream_id=None):
         return CancelResult(CANCEL_PENDING, datetime.now(timezone.utc).replace(tzinfo=None))
 
 
 class DownUpstream:
     kind = "test"
 
-    def cancel(self, uuid, motive, substitute=None, *, production):
+    def cancel(self, uuid, motive, substitute=None, *, production, upstream_id=None):
         raise UpstreamError("sin conexión con el PAC")
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from agent.config import (
     CsdConfig,
+    FacturapiConfig,
     DEFAULT_CONFIG_ENV,
     BranchConfig,
     CompanyConfig,
@@ -301,7 +302,7 @@ BAD_VALUES = [
     ("quoted number", ("threads = 8", 'threads = "8"'), "server.threads", "without quotes"),
     ("huge body", ("max_body_kb = 2048", "max_body_kb = 100000"), "server.max_body_kb", "at most 65536"),
     ("empty data_dir", ('data_dir = "store-data"', 'data_dir = ""'), "server.data_dir", "empty"),
-    ("bad kind", ('kind = "sandbox"', 'kind = "facturapi"'), "upstream.kind", '"sandbox"'),
+    ("bad kind", ('kind = "sandbox"', 'kind = "stripe"'), "upstream.kind", '"facturapi"'),
     ("bad key chars", (f'key = "{DEMO_KEY}"', 'key = "my company key!"'), "companies[0].key", "'!'"),
     ("short key", (f'key = "{DEMO_KEY}"', 'key = "abc"'), "companies[0].key", "8 to 64"),
     ("username with colon", ('username = "tepox"', 'username = "te:pox"'), "companies[0].username", "':'"),
@@ -553,10 +554,10 @@ def tables(model=Config, prefix=""):
 def test_settings_walk_sees_all_models():
     # guards the walkers above: if a model is added they must find it
     assert {"server.listen", "upstream.kind", "companies.key", "companies.branches.timezone"} <= set(settings())
-    assert tables() == ["server", "upstream", "companies", "companies.csd", "companies.branches"]
+    assert tables() == ["server", "upstream", "companies", "companies.csd", "companies.facturapi", "companies.branches"]
     assert len(settings()) == len(ServerConfig.model_fields) + len(UpstreamConfig.model_fields) + (
-        len(CompanyConfig.model_fields) - 2
-    ) + len(BranchConfig.model_fields) + len(CsdConfig.model_fields)
+        len(CompanyConfig.model_fields) - 3
+    ) + len(BranchConfig.model_fields) + len(CsdConfig.model_fields) + len(FacturapiConfig.model_fields)
 
 
 def test_starter_config_loads_cleanly(tmp_path):
@@ -591,7 +592,7 @@ def test_starter_config_uses_given_rng(tmp_path):
 
 
 # Optional tables appear commented out in the starter file: it must load as it is.
-OPTIONAL_TABLES = {"companies.csd"}
+OPTIONAL_TABLES = {"companies.csd", "companies.facturapi"}
 
 
 def test_starter_config_has_every_key_with_a_comment():

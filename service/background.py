@@ -45,7 +45,7 @@ class Sync:
         self.pusher = ReceiptPusher(agent.config, agent.receipts, clients, concurrency=agent.config.upstream.concurrency,
                                     clock=clock, on_link=on_link)  # fmt: skip
         self.invoices = CloudInvoices(agent.config, agent.receipts, agent.store, clients, clock=clock)
-        self.cloud_global = CloudGlobal(agent.global_runs, agent.receipts, self.invoices, clock=clock)
+        self.cloud_global = CloudGlobal(agent.global_runs, agent.receipts, self.invoices)
 
     def check(self) -> None:
         if self.problem:

@@ -192,8 +192,9 @@ def global_invoice(config_path, company_key, branch_id, day, dry_run):
 @click.option("--once", is_flag=True, required=True,
               help="One round now: send unsent tickets to Facturapi, fetch what customers invoiced, show the backlog.")
 def sync(config_path, once):
-    """Sync the Facturapi companies with the cloud once (serve does it continuously).
-    Exits 1 when tickets are still waiting or stopped."""
+    """Sync the Facturapi companies with the cloud once, now (serve does it by itself).
+    Every waiting ticket is sent at once, whatever its retry time. Exits 1 when tickets
+    are still waiting or stopped."""
     from service.background import Sync
 
     with _agent(config_path) as agent:
@@ -205,7 +206,7 @@ def sync(config_path, once):
             return
         pushed = stopped = 0
         while True:  # until a round sends nothing new: the whole backlog, not one batch
-            result = worker.pusher.run_once()
+            result = worker.pusher.run_once(everything=True)
             pushed, stopped = pushed + result.pushed, stopped + result.stopped
             if not result.pushed and not result.stopped:
                 break

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Callable
-
 from agent.global_runs import GlobalRuns
 from agent.models import GLOBAL_CFDI, PUSH_SYNCED
 from agent.receipts import Receipts
@@ -31,15 +29,15 @@ class RunNotReady(RuntimeError):
 
 
 class CloudGlobal:
-    def __init__(self, runs: GlobalRuns, receipts: Receipts, invoices: CloudInvoices, *,
-                 clock: Callable[[], datetime]):  # fmt: skip
+    def __init__(self, runs: GlobalRuns, receipts: Receipts, invoices: CloudInvoices):
         self.runs = runs
         self.receipts = receipts
         self.invoices = invoices
-        self.clock = clock  # naive UTC
 
-    def issue(self, run, client: FacturapiClient):
-        """One step for the run: record it, leave it waiting, or raise to retry later."""
+    def issue(self, run, client: FacturapiClient, now: datetime):
+        """One step for the run: record it, leave it waiting, or raise to retry later.
+        `now` (naive UTC) is the global invoicing's clock, which times the retries."""
+        self.now = now
         if run.upstream_id:
             return self._follow(run, client, run.upstream_id)
         tickets = self.runs.tickets_of(run.id)
@@ -99,13 +97,13 @@ class CloudGlobal:
         if status == "valid":
             return self._record(run, client, invoice)
         if status == "pending":
-            retry_at = self.clock() + PENDING_POLL
+            retry_at = self.now + PENDING_POLL
             self.runs.waiting(run.id, invoice["id"], retry_at, "Facturapi is still stamping it (pending)")
             log.info("global run %s-%s: invoice %s pending at Facturapi, polled again at %s UTC", run.series,
                      run.folio, invoice["id"], f"{retry_at:%H:%M}")  # fmt: skip
             return None
         # failed or canceled there: forget it; the next try starts from the receipts again
-        self.runs.waiting(run.id, None, self.clock() + PENDING_POLL, f"Facturapi invoice {invoice.get('id')} {status}")
+        self.runs.waiting(run.id, None, self.now + PENDING_POLL, f"Facturapi invoice {invoice.get('id')} {status}")
         raise RunNotReady(f"Facturapi's invoice {invoice.get('id')} for this run is {status}")
 
     def _record(self, run, client: FacturapiClient, invoice: dict):

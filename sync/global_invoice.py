@@ -117,7 +117,7 @@ class GlobalInvoicing:
         client = self.client_for(run.company) if self.cloud is not None else None
         if client is not None:
             try:
-                return self.cloud.issue(run, client)
+                return self.cloud.issue(run, client, _naive_utc(self.clock()))
             except Exception as exc:  # noqa: BLE001 - any failure: keep the run, retry later
                 return self._failed(run, exc)
         try:

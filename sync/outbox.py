@@ -109,15 +109,20 @@ class ReceiptPusher:
 
     # -- one round, a plain function: tests and `ticket-agent sync --once` call it ----------
 
-    def run_once(self, limit: int = 200) -> RoundResult:
+    def run_once(self, limit: int = 200, *, everything: bool = False) -> RoundResult:
+        """One round. `everything`: send every waiting receipt now, backoffs and open
+        circuits ignored (a person ran `sync --once` because the line is back)."""
         now = self.clock()
         result = RoundResult()
+        if everything:
+            for circuit in self.circuits.values():
+                circuit.succeeded()
         companies = [key for key in self.clients if self.circuits[key].allows(now)]
         result.skipped = [key for key in self.clients if key not in companies]
         if not companies:
             return result
         self.receipts.claim(companies, now, limit)
-        due = self.receipts.due(companies, now, limit)
+        due = self.receipts.due(companies, datetime.max if everything else now, limit)
         by_company: dict[str, list[Outgoing]] = {}
         for item in due:
             by_company.setdefault(item.company, []).append(item)

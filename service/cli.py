@@ -255,8 +255,8 @@ def status(config_path):
         click.echo(f"data: {agent.data_dir}   upstream: {agent.config.upstream.kind}")
         for company in agent.config.companies:
             click.echo(f"\ncompany {company.rfc} {company.legal_name} (key {company.key[:8]}...)")
-            click.echo(f"  CSD: {signers.describe(company)}")
             if agent.uses_facturapi(company.key):
+                click.echo("  CSD: the one uploaded to Facturapi, which signs this company's CFDIs")
                 try:
                     client = agent.facturapi(company.key)
                 except ValueError as exc:
@@ -266,6 +266,8 @@ def status(config_path):
                     click.echo(f"  {line}")
                 for branch_id, number, error in agent.receipts.stopped(company.key)[-5:]:
                     click.echo(f"  stopped: ticket {number} of {branch_id}: {error}")
+            else:
+                click.echo(f"  CSD: {signers.describe(company)}")
             for branch in company.branches:
                 click.echo(f"  branch {branch.id} {branch.name}")
                 counts = dict(

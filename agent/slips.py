@@ -59,7 +59,7 @@ def render_job(config: Config, job) -> RenderedJob | None:
     spec = printer_of(branch, job.printer)
     if spec == "none":
         return None
-    slip = slip_for(company, branch, job.number, job.sold_at, job.total, getattr(job, "link", None))
+    slip = slip_for(company, branch, job.number, job.sold_at, job.total, job.link)
     layout = layout_of(branch)
     preview = render_png(slip, layout) if parse_printer(spec).kind == "folder" else None
     return RenderedJob(spec, render_escpos(slip, layout), preview, f"{job.branch}_{job.number}_{job.id}")

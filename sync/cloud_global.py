@@ -37,9 +37,8 @@ class CloudGlobal:
     def issue(self, run, client: FacturapiClient, now: datetime):
         """One step for the run: record it, leave it waiting, or raise to retry later.
         `now` (naive UTC) is the global invoicing's clock, which times the retries."""
-        self.now = now
         if run.upstream_id:
-            return self._follow(run, client, run.upstream_id)
+            return self._settle(run, client, client.invoice(run.upstream_id), now)
         tickets = self.runs.tickets_of(run.id)
         by_ticket = self.receipts.of_tickets([t.id for t in tickets])
         unsent = [t.number for t in tickets if getattr(by_ticket.get(t.id), "state", None) != PUSH_SYNCED]
@@ -52,7 +51,7 @@ class CloudGlobal:
         earlier = self._invoice_holding(client, receipt_ids[0])
         if earlier:
             log.info("global run %s-%s: found invoice %s made by an earlier try", run.series, run.folio, earlier)
-            return self._follow(run, client, earlier)
+            return self._settle(run, client, client.invoice(earlier), now)
         for _ in range(3):
             try:
                 answer = client.global_invoice(self._body(run, receipt_ids))
@@ -61,7 +60,7 @@ class CloudGlobal:
                     raise
                 answer = None
             if answer is not None and answer.body:
-                return self._settle(run, client, answer.body)
+                return self._settle(run, client, answer.body, now)
             # Some receipts are no longer open (a customer invoiced them in the cloud) or
             # none is: find out which, keep their invoices, send the rest.
             receipt_ids = self._reconcile(run, client)
@@ -89,21 +88,18 @@ class CloudGlobal:
             return receipt["invoice"]
         return None
 
-    def _follow(self, run, client: FacturapiClient, invoice_id: str):
-        return self._settle(run, client, client.invoice(invoice_id))
-
-    def _settle(self, run, client: FacturapiClient, invoice: dict):
+    def _settle(self, run, client: FacturapiClient, invoice: dict, now: datetime):
         status = invoice.get("status")
         if status == "valid":
             return self._record(run, client, invoice)
         if status == "pending":
-            retry_at = self.now + PENDING_POLL
+            retry_at = now + PENDING_POLL
             self.runs.waiting(run.id, invoice["id"], retry_at, "Facturapi is still stamping it (pending)")
             log.info("global run %s-%s: invoice %s pending at Facturapi, polled again at %s UTC", run.series,
                      run.folio, invoice["id"], f"{retry_at:%H:%M}")  # fmt: skip
             return None
         # failed or canceled there: forget it; the next try starts from the receipts again
-        self.runs.waiting(run.id, None, self.now + PENDING_POLL, f"Facturapi invoice {invoice.get('id')} {status}")
+        self.runs.waiting(run.id, None, now + PENDING_POLL, f"Facturapi invoice {invoice.get('id')} {status}")
         raise RunNotReady(f"Facturapi's invoice {invoice.get('id')} for this run is {status}")
 
     def _record(self, run, client: FacturapiClient, invoice: dict):

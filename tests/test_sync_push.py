@@ -190,3 +190,21 @@ def test_the_insumo_amounts_travel_exactly(cloud):
     product = request.json["items"][0]["product"]
     assert product["price"] == Decimal("12.36")  # what the customer paid, taxes inside
     assert Decimal(str(receipts_of(cloud.fake)[0]["total"])) == Decimal("12.36")
+
+
+def test_a_failing_facturapi_is_not_hammered(cloud):
+    client = cloud.app.test_client()
+    for i in range(40):
+        put(client, f"K-{i}")
+    now = datetime(2026, 11, 21, 12, 0, 0)
+    cloud.pusher.clock = lambda: now
+    cloud.fake.fail_next(1000, status=503)
+    cloud.pusher.run_once()
+    asked = len(cloud.fake.requests)
+    # five failures in a row open the circuit; only the requests already in flight follow
+    assert 5 <= asked <= 5 + cloud.pusher.concurrency
+    cloud.pusher.run_once()
+    assert len(cloud.fake.requests) == asked  # open: nothing goes out
+    cloud.pusher.clock = lambda: now + timedelta(seconds=31)  # the cool-down is over: one probe
+    cloud.pusher.run_once(limit=1)
+    assert len(cloud.fake.requests) == asked + 1

@@ -42,6 +42,9 @@ class Agent:
         # the print worker and the receipt pusher.
         self.on_print_job: Callable[[], None] = lambda: None
         self.on_ticket_stored: Callable[[], None] = lambda: None
+        # The running background work (service.background.Background), for health pages;
+        # None in a one-off command or a test without it.
+        self.background = None
 
     def uses_facturapi(self, company_key: str) -> bool:
         company = self.config.company(company_key)

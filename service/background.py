@@ -62,6 +62,7 @@ def global_invoicing(agent: Agent, signers: Signers | None = None, sync: Sync | 
 class Background:
     def __init__(self, agent: Agent):
         self.agent = agent
+        agent.background = self
         self.signers = Signers(agent.config, agent.data_dir, agent.upstream.kind)
         self.print_worker = PrintWorker(agent.print_queue, partial(render_job, agent.config))
         agent.on_print_job = self.print_worker.wake

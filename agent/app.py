@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+from pathlib import Path
 from typing import Callable
 
-from flask import Flask
+from flask import Flask, redirect
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from agent import messages
@@ -84,14 +87,32 @@ def create_app(config: Config | None = None, *, upstream: Upstream | None = None
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_kb * 1024
     app.config["AGENT"] = Agent(config, upstream)
 
-    from agent import contract, printing
+    from agent import contract, panel, printing
 
     app.register_blueprint(contract.bp)
     app.register_blueprint(printing.bp)
+    app.register_blueprint(panel.bp)
+    app.secret_key = _session_secret(app.config["AGENT"].data_dir)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="panel")
+    app.add_url_rule("/", "home", lambda: redirect("/panel/"))
     _register_error_texts(app, config.server.max_body_kb)
     # Database connections stay open per waitress thread on purpose: opening one and
     # setting its pragmas costs more than the query it would serve.
     return app
+
+
+def _session_secret(data_dir: Path) -> bytes:
+    """The key that signs the panel's session cookie: made once, kept beside the store, so
+    a restart does not log every manager out."""
+    path = data_dir / "panel-secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+        return secret
 
 
 def _register_error_texts(app: Flask, max_body_kb: int) -> None:

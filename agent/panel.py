@@ -45,6 +45,8 @@ RUN_NAMES = {"reserved": "Pendiente", "stamped": "Timbrada", "failed": "Falló, 
 EVENT_NAMES = {"stored": "Guardado", "replaced": "Reemplazado", "expired": "Expirado", "cfdi": "CFDI",
                "synced": "Enviado a Facturapi", "sync-stopped": "Envío detenido", "sync-refused": "Facturapi lo rechazó",
                "cancelled": "CFDI cancelado"}  # fmt: skip
+JOB_NAMES = {"pending": "pendiente", "printing": "imprimiendo", "printed": "impresa", "failed": "no impresa"}
+REASON_NAMES = {"sale": "Impresión", "replaced": "Impresión tras reemplazo", "reprint": "Reimpresión"}
 PAGE_SIZE = 50
 
 
@@ -238,12 +240,33 @@ def ticket(branch_id: str, number: str):
     agent = _agent()
     row = _own_ticket(branch_id, number)
     cfdis = [cfdi for _, _, cfdi in agent.store.cfdi_rows(g.company.key, number=number, branch=branch_id)]
-    jobs = list(PrintJob.select().where(PrintJob.ticket == row.id).order_by(PrintJob.id))
     receipt = Receipt.get_or_none(Receipt.ticket == row.id)
     branch = g.company.branch(branch_id)
-    return render_template("panel/ticket.html", ticket=row, events=agent.store.events(row), cfdis=cfdis, jobs=jobs,
-                           receipt=receipt, branch=branch, statuses=STATUS_NAMES, event_names=EVENT_NAMES,
+    return render_template("panel/ticket.html", ticket=row, history=_history(row, branch), cfdis=cfdis,
+                           receipt=receipt, branch=branch, statuses=STATUS_NAMES,
                            printers=sorted(branch.printers) if branch else [])  # fmt: skip
+
+
+def _history(row: Ticket, branch) -> list[tuple[datetime, str, str | None]]:
+    """(local time, what happened, error) of a ticket, oldest first: its events and its
+    slips, in the branch's time, since that is the clock the manager reads."""
+    zone = branch.zone if branch else timezone.utc
+
+    def local(moment: datetime) -> datetime:
+        return moment.replace(tzinfo=timezone.utc).astimezone(zone)
+
+    items = [(local(row.created_at), "Guardado", None)]
+    for event in _agent().store.events(row):
+        text = EVENT_NAMES.get(event.kind, event.kind) + (f" · {event.detail}" if event.detail else "")
+        items.append((local(event.at), text, None))
+    for job in PrintJob.select().where(PrintJob.ticket == row.id).order_by(PrintJob.id):
+        text = f"{REASON_NAMES.get(job.reason, job.reason)}: {JOB_NAMES.get(job.state, job.state)}"
+        if job.printed_at:
+            text += f" a las {local(job.printed_at):%H:%M:%S}"
+        if job.printer:
+            text += f" en {job.printer}"
+        items.append((local(job.created_at), text, job.last_error))
+    return sorted(items, key=lambda item: item[0])
 
 
 @bp.route("/tickets/<branch_id>/<path:number>/reimprimir", methods=["POST"])

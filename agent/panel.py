@@ -47,6 +47,8 @@ EVENT_NAMES = {"stored": "Guardado", "replaced": "Reemplazado", "expired": "Expi
                "cancelled": "CFDI cancelado"}  # fmt: skip
 JOB_NAMES = {"pending": "pendiente", "printing": "imprimiendo", "printed": "impresa", "failed": "no impresa"}
 REASON_NAMES = {"sale": "Impresión", "replaced": "Impresión tras reemplazo", "reprint": "Reimpresión"}
+PERIODICITY_NAMES = {"day": "diaria", "week": "semanal", "fortnight": "quincenal", "month": "mensual",
+                     "two_months": "bimestral"}  # fmt: skip
 PAGE_SIZE = 50
 
 
@@ -149,9 +151,12 @@ def branch_day(company, branch, now: datetime) -> BranchDay:
             out.invoiced, out.invoiced_total = count, total
         elif status == IN_GLOBAL:
             out.in_global, out.global_total = count, total
+    # Tickets with a printed slip (a reprint does not count twice); slips still waiting
+    # or given up, counted per slip.
     jobs = dict(
-        PrintJob.select(PrintJob.state, fn.COUNT(PrintJob.id)).join(Ticket).where(today).group_by(PrintJob.state).tuples()
-    )
+        PrintJob.select(PrintJob.state, fn.COUNT(fn.DISTINCT(PrintJob.ticket))).join(Ticket).where(today)
+        .group_by(PrintJob.state).tuples()
+    )  # fmt: skip
     out.printed, out.pending_print, out.failed_print = jobs.get(JOB_PRINTED, 0), jobs.get(JOB_PENDING, 0), jobs.get(JOB_FAILED, 0)
     last = (
         PrintJob.select(PrintJob.last_error).join(Ticket)
@@ -317,7 +322,8 @@ def global_invoices():
     )  # fmt: skip
     cfdis = {c.id: c for c in Cfdi.select().where(Cfdi.id.in_([r.cfdi for r in runs if r.cfdi]))} if runs else {}
     return render_template("panel/global_invoices.html", runs=runs, cfdis=cfdis, run_names=RUN_NAMES,
-                           yesterday=_yesterday(g.company))  # fmt: skip
+                           yesterday=_yesterday(g.company),
+                           periodicity=PERIODICITY_NAMES.get(g.company.periodicity, g.company.periodicity))  # fmt: skip
 
 
 def _yesterday(company) -> date:

@@ -73,7 +73,7 @@ def test_today_shows_each_branchs_tickets_prints_and_totals(manager, store):
     page = manager.get("/panel/").get_data(as_text=True)
     centro = page.split('id="sucursal-' + BRANCH_A)[1].split("</section>")[0]
     assert re.search(r"Tickets guardados</th><td class=\"n\">2</td><td class=\"m\">\$174.00", centro)
-    assert re.search(r"Por imprimir</th><td class=\"n\">2<", centro)  # no worker ran: both wait
+    assert re.search(r"Impresiones pendientes</th><td class=\"n\">2<", centro)  # no worker ran: both wait
     assert re.search(r"Facturados por clientes</th><td class=\"n\">1</td><td class=\"m\">\$58.00", centro)
     norte = page.split('id="sucursal-' + BRANCH_A2)[1].split("</section>")[0]
     assert re.search(r"Tickets guardados</th><td class=\"n\">1</td><td class=\"m\">\$100.00", norte)

@@ -202,3 +202,16 @@ def stop_server(proc: subprocess.Popen) -> None:
     for stream in (proc.stdout, proc.stderr):
         if stream:
             stream.close()
+
+
+class LocalClock:
+    """A clock stopped at a Mexico City wall time, moved by setting `now`."""
+
+    def __init__(self, text: str):
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        self.now = datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("America/Mexico_City"))
+
+    def __call__(self):
+        return self.now

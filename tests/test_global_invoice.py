@@ -14,6 +14,7 @@ import pytest
 from lxml import etree
 
 from helpers import AUTH_A, BRANCH_A, BRANCH_A2, KEY_A, put_json, ticket_body
+from helpers import LocalClock as Clock
 
 from agent.models import Cfdi, GlobalInvoice, Ticket
 from service.background import global_invoicing
@@ -22,14 +23,6 @@ from sync.sandbox import is_sandbox_stamp
 
 MEXICO = ZoneInfo("America/Mexico_City")
 NS = {"cfdi": "http://www.sat.gob.mx/cfd/4"}
-
-
-class Clock:
-    def __init__(self, text):
-        self.now = datetime.fromisoformat(text).replace(tzinfo=MEXICO)
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

@@ -9,20 +9,13 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from helpers import AUTH_A, BRANCH_A, FACTURAPI_KEY_A, KEY_A, put_json, ticket_body
+from helpers import LocalClock as Clock
 
 from agent.models import GLOBAL_CFDI, IN_GLOBAL, INVOICED, RUN_STAMPED, RUN_VOID, RUN_WAITING, Cfdi, GlobalInvoice, Receipt
 from service.background import global_invoicing
 from sync.expiry import expire_overdue
 
 MEXICO = ZoneInfo("America/Mexico_City")
-
-
-class Clock:
-    def __init__(self, text):
-        self.now = datetime.fromisoformat(text).replace(tzinfo=MEXICO)
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

@@ -87,8 +87,10 @@ def create_app(config: Config | None = None, *, upstream: Upstream | None = None
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_kb * 1024
     app.config["AGENT"] = Agent(config, upstream)
 
-    from agent import contract, panel, printing, self_invoice
+    from agent import contract, ops, panel, printing, self_invoice
 
+    ops.install(app)  # first: its timing hook must run before any other
+    app.register_blueprint(ops.bp)
     app.register_blueprint(contract.bp)
     app.register_blueprint(printing.bp)
     app.register_blueprint(panel.bp)

@@ -115,6 +115,7 @@ class PrintWorker:
                     log.warning("print job %s on %s failed: %s", job.id, rendered.printer, failure)
                 else:
                     self.last_error.pop(rendered.printer, None)
+                    log.info("print job %s printed on %s", job.id, rendered.printer)
                     outcomes.append(JobOutcome(job.id, printed_at=self.clock()))
                     continue
             # Once a printer failed, its other jobs wait for the next try instead of each

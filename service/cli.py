@@ -32,7 +32,7 @@ def _load(config_path: str | None):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              help="Log verbosity (logs go to standard error).")
+              help="Log verbosity (logs go to standard error and data_dir/logs/ticket-agent.log).")
 def serve(config_path, log_level):
     """Start the agent and serve the POS contract until stopped (Ctrl-C or SIGTERM)."""
     from service.runner import CannotListen, CannotOpenStore, CannotSign, CannotSync, serve as run_server, setup_logging
@@ -252,6 +252,7 @@ def status(config_path):
 
     with _agent(config_path) as agent:
         signers = Signers(agent.config, agent.data_dir, agent.upstream.kind)
+        click.echo(_health_line(agent))
         click.echo(f"data: {agent.data_dir}   upstream: {agent.config.upstream.kind}")
         for company in agent.config.companies:
             click.echo(f"\ncompany {company.rfc} {company.legal_name} (key {company.key[:8]}...)")
@@ -298,6 +299,101 @@ def status(config_path):
                         retry = f", retry at {run.retry_at:%Y-%m-%d %H:%M} UTC" if run.retry_at else ""
                         line += f": {run.last_error}{retry}"
                     click.echo(line)
+
+
+@cli.command("backup")
+@click.argument("path", type=click.Path())
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--force", is_flag=True, help="Overwrite PATH (and PATH.cfdi with --with-files) if it exists.")
+@click.option("--with-files", is_flag=True, help="Also copy the CFDI files (XML, PDF) of data_dir/cfdi to the "
+              "folder PATH.cfdi.")
+def backup(path, config_path, force, with_files):
+    """Copy the ticket database to PATH, safely while the agent runs, and check the
+    copy."""
+    from agent.health import human_bytes
+    from service.backup import CFDI_DIR, BackupError, backup as make_backup
+
+    config = _load(config_path)
+    try:
+        result = make_backup(config.data_dir_path, Path(path), force=force, with_files=with_files)
+    except BackupError as exc:
+        _fail(f"Backup failed: {exc}", 1)
+    click.echo(f"Backup written to {result.path}: {human_bytes(result.size)}, {result.tickets} "
+               f"ticket{'s' if result.tickets != 1 else ''}, integrity check: {result.integrity}.")
+    if result.files_path is not None:
+        click.echo(f"CFDI files: {result.files} copied to {result.files_path}.")
+    else:
+        click.echo(f"The CFDI files (XML, PDF) are not in it: back up {config.data_dir_path / CFDI_DIR} too, "
+                   "or use --with-files.")
+
+
+@cli.command("install-service")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default="/etc/ticket-agent/config.toml",
+              show_default=True, help="The configuration the service runs with.")
+@click.option("--user", default="ticket-agent", show_default=True, help="The user the service runs as.")
+@click.option("--unit-dir", type=click.Path(file_okay=False), default="/etc/systemd/system", show_default=True,
+              help="Where to write ticket-agent.service.")
+@click.option("--dry-run", is_flag=True, help="Print the unit instead of writing it.")
+@click.option("--force", is_flag=True, help="Overwrite a ticket-agent.service that differs.")
+def install_service(config_path, user, unit_dir, dry_run, force):
+    """Write the systemd unit that runs `ticket-agent serve` as a service (Linux)."""
+    from service.systemd import UNIT_NAME, render
+
+    try:
+        unit = render(Path(config_path), user)
+    except ValueError as exc:
+        _fail(f"Cannot write the unit: {exc}", 2)
+    notes = list(unit.notes)
+    if not _user_exists(user):
+        notes.append(f"User {user} does not exist; create it: useradd --system --home-dir /var/lib/ticket-agent "
+                     f"--shell /usr/sbin/nologin {user}")
+    if dry_run:
+        click.echo(unit.text, nl=False)
+        for note in notes:  # on standard error, so `--dry-run > ticket-agent.service` is the unit alone
+            click.echo(f"Note: {note}", err=True)
+        return
+    target = Path(unit_dir) / UNIT_NAME
+    if not target.parent.is_dir():
+        _fail(f"Folder {target.parent} does not exist.", 1)
+    if target.exists() and target.read_text(encoding="utf-8") != unit.text and not force:
+        _fail(f"{target} already exists and differs; use --force to overwrite it (or --dry-run to compare).", 1)
+    try:
+        target.write_text(unit.text, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"Cannot write {target}: {exc.strerror or exc} (run it as root, or use --dry-run).", 1)
+    click.echo(f"Wrote {target}.")
+    for note in notes:
+        click.echo(f"Note: {note}")
+    click.echo("Then run:")
+    click.echo("  systemctl daemon-reload")
+    click.echo("  systemctl enable --now ticket-agent")
+    click.echo("  systemctl status ticket-agent")
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        import pwd
+    except ImportError:  # Windows: no systemd either
+        return True
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _health_line(agent) -> str:
+    """One line: the worst of agent.health's checks and where the others are not ok."""
+    from agent import health
+
+    results = health.checks(agent)
+    bad = [c for c in results if c.status != health.OK]
+    if not bad:
+        return f"health: ok ({len(results)} checks; GET /healthz on the running agent for details)"
+    where = "; ".join(
+        f"{c.status} {c.name}" + (f" {c.company}" if c.company else "") + (f"/{c.branch}" if c.branch else "") for c in bad
+    )
+    return f"health: {health.overall(results)}: {where} (details below and in GET /healthz)"
 
 
 class _agent:

@@ -5,14 +5,15 @@ import json
 import logging
 import signal
 import socket
-import sys
+import time
 from typing import Callable
 
 from peewee import DatabaseError
-from waitress import create_server
+from waitress import create_server, wasyncore
 
 from agent.app import create_app
 from agent.config import Config
+from service import logs
 from service.background import Background, SyncKeyError
 from sync.csd import CsdError
 
@@ -47,23 +48,42 @@ class CannotSync(RuntimeError):
     """A company's Facturapi key cannot be read."""
 
 
+# Seconds a stop waits for the requests already received to be answered. Under systemd
+# the whole stop must fit in TimeoutStopSec (30 s in the unit this project ships), and
+# the background work still has to finish after this.
+DRAIN_SECONDS = 10.0
+
+
 def serve(config: Config, announce: Callable[[str], None] | None = None) -> None:
     announce = announce or (lambda line: print(line, flush=True))
+    # starting -> serving -> draining -> closing; what a SIGTERM or Ctrl-C does depends on it.
+    phase = ["starting"]
 
     def stop(signum, _frame):
-        log.info("signal %s: finishing requests in flight and stopping", signum)
-        raise SystemExit(0)
+        if phase[0] == "serving":
+            log.info("signal %s: finishing requests in flight and stopping", signum)
+            phase[0] = "draining"  # the serving loop sees it within a second
+        elif phase[0] == "closing":
+            log.info("signal %s: already stopping; the background work is finishing", signum)
+        else:
+            # During start-up nothing is in flight: stop right here. A second signal while
+            # draining means "now" (what was answered 200 is on disk all the same).
+            log.info("signal %s: stopping now", signum)
+            raise SystemExit(0)
 
     # Installed before the port is taken: a stop asked for during start-up is a clean stop.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     # Bind the port first: an agent that cannot listen must not touch the data directory.
     try:
         sock = _listening_socket(config.server.host, config.server.port)
     except OSError as exc:
         raise CannotListen(exc.errno, exc.strerror or str(exc)) from exc
+    log_file = logs.log_to_file(config.data_dir_path)
     try:
         app = create_app(config)
     except (OSError, DatabaseError) as exc:
+        logs.stop_file(log_file)
         raise CannotOpenStore(getattr(exc, "errno", None), str(exc)) from exc
     finally:
         if "app" not in locals():
@@ -75,6 +95,7 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
     except (CsdError, SyncKeyError) as exc:
         sock.close()
         agent.close()
+        logs.stop_file(log_file)
         raise (CannotSync if isinstance(exc, SyncKeyError) else CannotSign)(str(exc)) from None
     server = None
     try:
@@ -94,15 +115,65 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
             channel_timeout=120,
             clear_untrusted_proxy_headers=True,
         )
-        server.run()  # returns after SystemExit, once worker threads finished their request
+        phase[0] = "serving"
+        _serve_until(server, lambda: phase[0] != "serving")
+        _drain(server, DRAIN_SECONDS)
     finally:
+        phase[0] = "closing"
         if server is not None:
+            # Waits (5 s at most) for the worker threads; after a drain they are idle.
+            server.task_dispatcher.shutdown()
             server.close()
         else:
             sock.close()
+        # Then the background work: the scheduler lets a running job finish, the receipt
+        # pusher and the print worker finish their round; last, the writer commits what
+        # it holds and the database is closed.
         background.stop()
         agent.close()
         log.info("stopped")
+        logs.stop_file(log_file)
+
+
+def _serve_until(server, stop_asked: Callable[[], bool]) -> None:
+    """waitress's own loop (server.run()), one poll at a time, until a stop is asked.
+    server.run() would end on SystemExit from the signal handler and drop the answers of
+    the requests in flight: they are computed but only this loop sends them."""
+    adj = server.adj
+    while not stop_asked():
+        server.asyncore.loop(timeout=adj.asyncore_loop_timeout, map=server._map, use_poll=adj.asyncore_use_poll,
+                             count=1)  # fmt: skip
+
+
+def _drain(server, seconds: float) -> None:
+    """Stop taking connections, answer every request already received, and close each
+    connection once its answer is out; give up after `seconds`.
+
+    A POS that connects from now on is refused at once and sends again later; a request
+    still in the network buffer of an idle keep-alive connection is cut off unanswered
+    (never stored), which the POS also retries. What was answered 200 is on disk."""
+    # The listening socket alone (the waitress server's close() would also close the
+    # trigger the worker threads use to wake this loop).
+    wasyncore.dispatcher.close(server)
+    deadline = time.monotonic() + seconds
+    while True:
+        busy = 0
+        for channel in list(server.active_channels.values()):
+            if not getattr(channel, "_draining", False):
+                channel._draining = True
+                # No new request on this connection; one whose first bytes arrived is read to its end.
+                readable = channel.readable
+                channel.readable = lambda c=channel, r=readable: c.request is not None and r()
+            if channel.requests or channel.request is not None or channel.total_outbufs_len:
+                busy += 1  # a request being read, run, or its answer being sent
+            elif not channel.will_close:
+                channel.will_close = True  # idle: closed by the loop's next pass
+        if not busy and not server.active_channels:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("%d connection(s) still busy after %.0f s; stopping anyway", busy, seconds)
+            return
+        server.asyncore.loop(timeout=0.05, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -144,10 +215,8 @@ def banner(config: Config, port: int) -> list[str]:
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Log lines to standard error, Facturapi keys masked; `serve` adds the rotating file
+    in the data directory once it holds its port (service/logs.py)."""
+    logs.setup(level)
     # Our jobs log what they did; APScheduler's line per run would drown it.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))

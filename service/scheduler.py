@@ -10,14 +10,20 @@ Only one agent process on a data directory runs them: a lock file decides which.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
+
+try:
+    import fcntl
+except ImportError:  # Windows: the same exclusive, non-blocking lock through msvcrt
+    fcntl = None
+    import msvcrt
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,7 @@ class JobLock:
             return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(fd)
         except OSError:
             os.close(fd)
             return False
@@ -47,13 +53,35 @@ class JobLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _unlock(self._fd)
             os.close(self._fd)
             self._fd = None
 
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+# On Windows the lock covers one byte far past the pid the file holds, so writing the pid
+# is not blocked by the lock itself. The OS drops either lock when the process dies.
+_WINDOWS_LOCK_OFFSET = 1 << 20
+
+
+def _lock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # OSError when another process holds it
+        os.lseek(fd, 0, os.SEEK_SET)
+
+
+def _unlock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    else:
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 class Scheduler:
@@ -87,12 +115,15 @@ class Scheduler:
 
     def _runner(self, name: str, function: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
+            started = time.monotonic()
             try:
                 function()
             except Exception as exc:  # a job that fails is logged and runs again next sweep
-                log.exception("scheduled job %s failed", name)
+                log.exception("scheduled job %s failed after %.2f s", name, time.monotonic() - started)
                 self.last_error[name] = str(exc)
             else:
+                # One line per run: the log shows the sweeps are alive and how long they take.
+                log.info("scheduled job %s ran in %.2f s", name, time.monotonic() - started)
                 self.last_error.pop(name, None)
             self.last_run[name] = datetime.now(timezone.utc)
 

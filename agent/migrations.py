@@ -40,9 +40,11 @@ def upstream_sync(db):
     db.create_tables([Receipt, SyncStatus])
     _add_column_if_missing(db, Cfdi, "upstream_id")
     _add_column_if_missing(db, GlobalInvoice, "upstream_id")
-    # The push job's outbox query: tickets the upstream has not seen yet. Partial, so it
-    # holds only the few tickets in flight, not the store's whole history.
-    db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_unsynced" ON "ticket" ("company", "id") WHERE "synced_at" IS NULL')
+    # The outbox: tickets the upstream has not seen yet, per company and branch, for the
+    # push job and the backlog counts. Partial: for a Facturapi company it holds only the
+    # tickets in flight, not its whole history (a sandbox company's tickets are never
+    # synced, so they all stay in it; one small index entry per ticket).
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_unsynced" ON "ticket" ("company", "branch") WHERE "synced_at" IS NULL')
 
 
 STEPS = [

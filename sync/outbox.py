@@ -63,9 +63,12 @@ class Circuit:
     def failed(self, now: datetime) -> None:
         with self._lock:
             self.failures += 1
-            if self.failures >= self.threshold:
-                self._current = min(self.max_cooldown, self._current * 2) if self._current else self.cooldown
-                self.open_until = now + self._current
+            if self.failures < self.threshold:
+                return
+            if self.open_until is not None and now < self.open_until:
+                return  # a request already in flight when it opened: not a failed probe
+            self._current = min(self.max_cooldown, self._current * 2) if self._current else self.cooldown
+            self.open_until = now + self._current
 
     def hold(self, until: datetime) -> None:
         """The upstream asked for a pause (429 Retry-After)."""

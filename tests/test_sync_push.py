@@ -208,3 +208,18 @@ def test_a_failing_facturapi_is_not_hammered(cloud):
     cloud.pusher.clock = lambda: now + timedelta(seconds=31)  # the cool-down is over: one probe
     cloud.pusher.run_once(limit=1)
     assert len(cloud.fake.requests) == asked + 1
+
+
+def test_the_circuit_pauses_once_per_failed_probe_not_per_request_in_flight():
+    from sync.outbox import Circuit
+
+    circuit, now = Circuit(), datetime(2026, 11, 21, 12, 0, 0)
+    for _ in range(9):  # five failures open it; four more were already in flight
+        circuit.failed(now)
+    assert circuit.open_until == now + timedelta(seconds=30)
+    probe = now + timedelta(seconds=30)
+    assert circuit.allows(probe)
+    circuit.failed(probe)  # the probe fails: twice as long
+    assert circuit.open_until == probe + timedelta(seconds=60)
+    circuit.succeeded()
+    assert circuit.allows(probe) and circuit.failures == 0

@@ -49,6 +49,11 @@ JOB_NAMES = {"pending": "pendiente", "printing": "imprimiendo", "printed": "impr
 REASON_NAMES = {"sale": "Impresión", "replaced": "Impresión tras reemplazo", "reprint": "Reimpresión"}
 PERIODICITY_NAMES = {"day": "diaria", "week": "semanal", "fortnight": "quincenal", "month": "mensual",
                      "two_months": "bimestral"}  # fmt: skip
+# The health checks' names, as the banner shows them. Their details stay as the checks
+# write them: the same text /healthz and `status` give the store's IT person.
+CHECK_NAMES = {"database": "Base de datos", "disk": "Disco", "wal": "Registro de escritura",
+               "scheduler": "Tareas programadas", "printer": "Impresora", "upstream": "Facturación",
+               "csd": "Certificado (CSD)"}  # fmt: skip
 PAGE_SIZE = 50
 
 
@@ -198,7 +203,7 @@ def _health(company) -> list:
 def today():
     now = datetime.now(timezone.utc)
     days = [branch_day(g.company, branch, now) for branch in g.company.branches]
-    return render_template("panel/today.html", days=days, health=_health(g.company), now=now)
+    return render_template("panel/today.html", days=days, health=_health(g.company), now=now, check_names=CHECK_NAMES)
 
 
 # -- tickets ------------------------------------------------------------------------------

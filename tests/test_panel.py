@@ -145,3 +145,12 @@ def test_an_open_period_cannot_be_built(manager, agent):
     response = manager.post("/panel/facturas-globales/vista-previa",
                             data={"token": token(page), "sucursal": BRANCH_A, "fecha": tomorrow}, follow_redirects=True)
     assert "aún no termina" in response.get_data(as_text=True)
+
+
+def test_the_health_banner_names_a_printer_in_trouble(manager, store):
+    sell(manager, "E-1")
+    PrintJob.update(last_error="printer tcp://192.168.1.50:9100 (job x): refused the connection").execute()
+    page = manager.get("/panel/").get_data(as_text=True)
+    banner = page.split('id="salud"')[1].split("</section>")[0]
+    assert 'class="health warn"' in page
+    assert "Impresora · Centro" in banner and "refused the connection" in banner

@@ -64,8 +64,12 @@ def test_the_unit_runs_this_installation_with_the_configuration(runner, tmp_path
     assert writable == ["/var/lib/ticket-agent", str(tmp_path / "data"), f"-{tmp_path / 'prints'}"]
 
 
-@pytest.mark.skipif(not os.access(SYSTEMD_ANALYZE, os.X_OK), reason="systemd-analyze is not installed")
 def test_systemd_accepts_the_unit(runner, tmp_path):
+    if not os.access(SYSTEMD_ANALYZE, os.X_OK):
+        # .ci/run installs it: under CI a missing verifier must fail, never pass unseen.
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze is not installed: .ci/run must install systemd")
+        pytest.skip("systemd-analyze is not installed")
     config = write_config(tmp_path)
     assert install(runner, "--config", config, "--user", "root", "--unit-dir", tmp_path).exit_code == 0
     unit = tmp_path / "ticket-agent.service"

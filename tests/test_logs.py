@@ -30,12 +30,21 @@ def log_file(tmp_path):
     """The rotating file `serve` writes, on this test's data directory."""
     root = logging.getLogger()
     level = root.level
-    handler = logs.log_to_file(tmp_path / "data")
-    assert handler is not None
+    file_log = logs.log_to_file(tmp_path / "data")
+    assert file_log is not None
     root.setLevel(logging.INFO)
-    yield tmp_path / "data" / "logs" / "ticket-agent.log"
-    logs.stop_file(handler)
+    yield LogFile(tmp_path / "data" / "logs" / "ticket-agent.log", file_log)
+    logs.stop_file(file_log)
     root.setLevel(level)
+
+
+class LogFile:
+    def __init__(self, path, file_log):
+        self.path, self.file_log = path, file_log
+
+    def read_text(self, encoding="utf-8") -> str:
+        self.file_log.flush()  # lines are written by the log's own thread
+        return self.path.read_text(encoding=encoding)
 
 
 def lines(caplog, level=logging.INFO, name=HTTP):
@@ -84,20 +93,20 @@ def test_the_rotating_file_keeps_five_files_of_10_mb(client, log_file, caplog):
     assert put_json(client, f"/{KEY_A}/tickets", ticket_body("F1")).status_code == 200
     text = log_file.read_text(encoding="utf-8")
     assert "INFO pos-ticket-agent.http: PUT /<key>/tickets 200" in text
-    [handler] = [h for h in logging.getLogger().handlers if isinstance(h, logging.handlers.RotatingFileHandler)]
+    handler = log_file.file_log.handler
     assert (handler.maxBytes, handler.backupCount) == (10 * 1024 * 1024, 5)
 
 
 def test_rotation_really_rotates_and_keeps_at_most_five_old_files(tmp_path, monkeypatch):
     monkeypatch.setattr(logs, "MAX_BYTES", 2000)  # the real 10 MB would take a while to fill
-    handler = logs.log_to_file(tmp_path)
+    file_log = logs.log_to_file(tmp_path)
     try:
         log = logging.getLogger("pos-ticket-agent.rotation-test")
         log.setLevel(logging.INFO)
         for n in range(400):
             log.info("line %d %s", n, "x" * 60)
     finally:
-        logs.stop_file(handler)
+        logs.stop_file(file_log)
     names = sorted(p.name for p in (tmp_path / "logs").iterdir())
     assert names == ["ticket-agent.log"] + [f"ticket-agent.log.{n}" for n in range(1, 6)]
     # Each file is rotated once it reaches the limit: at most one line over it.

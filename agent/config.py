@@ -305,8 +305,7 @@ class FacturapiConfig(_Model):
     @field_validator("api_key_file")
     @classmethod
     def _resolve(cls, v: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base_dir")
-        return str(_resolve_against(Path(base), v)) if v and base is not None else v
+        return _file_setting(v, info)
 
     @field_validator("api_key_env")
     @classmethod
@@ -351,8 +350,7 @@ class CsdConfig(_Model):
     @field_validator("cer", "key", "password_file")
     @classmethod
     def _resolve(cls, v: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base_dir")
-        return str(_resolve_against(Path(base), v)) if v and base is not None else v
+        return _file_setting(v, info)
 
     @model_validator(mode="after")
     def _one_password(self) -> "CsdConfig":
@@ -368,6 +366,12 @@ class CsdConfig(_Model):
 
 _BRANCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _POSTAL_RE = re.compile(r"^[0-9]{5}$")
+
+
+def _file_setting(v: str, info: ValidationInfo) -> str:
+    """A file named in the configuration, made absolute against the file's own folder."""
+    base = (info.context or {}).get("base_dir")
+    return str(_resolve_against(Path(base), v)) if v and base is not None else v
 
 
 def _resolve_against(base_dir: Path, p: str | os.PathLike[str]) -> Path:

@@ -368,6 +368,12 @@ _BRANCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _POSTAL_RE = re.compile(r"^[0-9]{5}$")
 
 
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise _problem("must not be empty")
+    return v
+
+
 def _file_setting(v: str, info: ValidationInfo) -> str:
     """A file named in the configuration, made absolute against the file's own folder."""
     base = (info.context or {}).get("base_dir")
@@ -411,9 +417,7 @@ class BranchConfig(_Model):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        if not v.strip():
-            raise _problem("must not be empty")
-        return v
+        return _not_blank(v)
 
     @field_validator("postal_code")
     @classmethod
@@ -577,9 +581,7 @@ class CompanyConfig(_Model):
     @field_validator("legal_name")
     @classmethod
     def _check_legal_name(cls, v: str) -> str:
-        if not v.strip():
-            raise _problem("must not be empty")
-        return v
+        return _not_blank(v)
 
     @field_validator("periodicity")
     @classmethod

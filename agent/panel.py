@@ -19,6 +19,7 @@ from functools import wraps
 from flask import Blueprint, Response, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 from peewee import fn
 
+from agent.health import checks
 from agent.models import (
     EXPIRED,
     IN_GLOBAL,
@@ -186,16 +187,8 @@ def branch_day(company, branch, now: datetime) -> BranchDay:
 
 
 def _health(company) -> list:
-    try:
-        from agent.health import checks
-    except ImportError:  # pragma: no cover - the module ships with the agent
-        return []
-    mine = []
-    for check in checks(_agent()):
-        if check.company not in (None, company.rfc):
-            continue
-        mine.append(check)
-    return mine
+    """The agent's checks that concern this company, or the whole agent."""
+    return [check for check in checks(_agent()) if check.company in (None, company.rfc)]
 
 
 @bp.route("/")

@@ -158,9 +158,6 @@ class Receipts:
             .order_by(Ticket.sold_at)
         )  # fmt: skip
 
-    def seen(self, ticket_id: int, status: str, invoice_id: str | None, now: datetime) -> None:
-        self.writer.submit(_seen, ((ticket_id, status, invoice_id, now),))
-
     def seen_many(self, updates: Iterable[tuple[int, str, str | None, datetime]]) -> None:
         updates = tuple(updates)
         if updates:

@@ -22,7 +22,6 @@ from agent.insumo import Insumo
 DEFAULT_TIMEOUT = 15.0
 PAGE_LIMIT = 100  # the API's largest page
 MAX_PAGES = 30  # the API answers no page after the 30th
-GLOBAL_MAX_RECEIPTS = 5000  # global_invoice_too_many_items above this
 
 TAX_TYPES = {"002": "IVA", "003": "IEPS"}
 
@@ -76,9 +75,6 @@ class FacturapiClient:
 
     def receipt(self, receipt_id: str) -> dict:
         return self._call("GET", f"/receipts/{receipt_id}").body
-
-    def cancel_receipt(self, receipt_id: str) -> dict:
-        return self._call("DELETE", f"/receipts/{receipt_id}").body
 
     def receipts_between(self, start: datetime, end: datetime) -> Iterator[dict]:
         """Receipts dated in [start, end] (aware datetimes), every page the API serves."""
@@ -151,10 +147,6 @@ class FacturapiClient:
         except ValueError:
             raise Unreachable(f"{what}: the answer is not JSON") from None
 
-    def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
 
 
 # -- what a ticket looks like as a receipt ------------------------------------------------

@@ -81,7 +81,6 @@ class RoundResult:
     pushed: int = 0
     retrying: int = 0
     stopped: int = 0
-    skipped: list[str] = field(default_factory=list)  # companies whose circuit is open
 
 
 class ReceiptPusher:
@@ -121,7 +120,6 @@ class ReceiptPusher:
             for circuit in self.circuits.values():
                 circuit.succeeded()
         companies = [key for key in self.clients if self.circuits[key].allows(now)]
-        result.skipped = [key for key in self.clients if key not in companies]
         if not companies:
             return result
         self.receipts.claim(companies, now, limit)

@@ -37,7 +37,6 @@ def served(tmp_path):
 
 def test_log_in_find_reprint_and_build_a_global_invoice(served):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver, base, folder = served

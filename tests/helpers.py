@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -166,7 +167,9 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            output = getattr(proc, "output", None)
+            text = output.text() if output else (proc.stderr.read() if proc.stderr else "")
+            raise RuntimeError(f"server exited with {proc.returncode}: {text}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -175,8 +178,58 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
+class ServerOutput:
+    """Reads a server's stdout and stderr as they come and keeps the lines: a full pipe
+    would block the agent's logging and so the agent itself."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []  # both streams, in arrival order
+        self.by_stream: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._threads = [threading.Thread(target=self._drain, args=(stream, name), daemon=True)
+                         for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
+        for thread in self._threads:
+            thread.start()
+
+    def _drain(self, stream, name: str) -> None:
+        try:
+            for line in stream:
+                self.lines.append(line)
+                self.by_stream[name].append(line)
+        except (OSError, ValueError):  # the pipe was closed by stop_server
+            pass
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait until both streams ended (the process exited)."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def stdout(self) -> str:
+        return "".join(self.by_stream["stdout"])
+
+    def stderr(self) -> str:
+        return "".join(self.by_stream["stderr"])
+
+    def tail(self, n: int = 40) -> str:
+        return "".join(self.lines[-n:])
+
+    def wait_for(self, *needles: str, timeout: float = 10.0) -> str:
+        """Wait until every needle appeared in the output; AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while not all(any(n in line for line in list(self.lines)) for n in needles):
+            finished = not any(thread.is_alive() for thread in self._threads)
+            if finished or time.monotonic() > deadline:
+                raise AssertionError(f"server output never mentioned {needles}; it printed:\n{self.text()}")
+            time.sleep(0.02)
+        return self.text()
+
+
 def start_server(args: list[str], cwd: Path, port: int, env: dict | None = None) -> subprocess.Popen:
-    """A real `ticket-agent serve` process (waitress, SQLite file) in its own directory."""
+    """A real `ticket-agent serve` process (waitress, SQLite file) in its own directory;
+    its output is read as it comes into `proc.output` (a ServerOutput)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full_env.pop("TICKET_AGENT_CONFIG", None)
     proc = subprocess.Popen(
@@ -187,6 +240,7 @@ def start_server(args: list[str], cwd: Path, port: int, env: dict | None = None)
         stderr=subprocess.PIPE,
         text=True,
     )
+    proc.output = ServerOutput(proc)
     wait_for_port(port, proc)
     return proc
 
@@ -199,6 +253,9 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    output = getattr(proc, "output", None)
+    if output is not None:
+        output.join()
     for stream in (proc.stdout, proc.stderr):
         if stream:
             stream.close()

@@ -356,9 +356,11 @@ def test_serve_prints_the_banner_and_stops_cleanly_on_sigterm(tmp_path):
     proc = start_server(["--config", str(path)], cwd=tmp_path, port=port)
     try:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     finally:
         stop_server(proc)
+    err = proc.output.stderr()
+    out = proc.output.stdout()
     assert proc.returncode == 0, err
     assert out.splitlines()[0] == f"pos-ticket-agent listening on http://127.0.0.1:{port} (data in {tmp_path / 'data'})"
     assert "DEMO" not in out

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import queue
 import socket
-import threading
-import time
 
 import pytest
-
 from helpers import insumo_for, start_server, stop_server
 
 PORT = 8572  # the demo defaults listen on 0.0.0.0:8572, like the contract's examples
@@ -54,37 +50,12 @@ class Server:
 
     def __init__(self, cwd):
         self.cwd = cwd
-        self.lines: "queue.Queue[str]" = queue.Queue()
-        self.seen: list[str] = []
         self.proc = start_server([], cwd=cwd, port=PORT)  # removes TICKET_AGENT_CONFIG
-        self.readers = [
-            threading.Thread(target=self._drain, args=(stream,), daemon=True)
-            for stream in (self.proc.stdout, self.proc.stderr)
-        ]
-        for reader in self.readers:
-            reader.start()
         self.returncode: int | None = None
-
-    def _drain(self, stream) -> None:
-        try:
-            for line in stream:
-                self.lines.put(line)
-        except (OSError, ValueError):  # the pipe was closed by stop_server
-            pass
 
     def wait_for_output(self, *needles: str, timeout: float = 10.0) -> str:
         """Read the server's output until every needle was seen (or fail at the deadline)."""
-        deadline = time.monotonic() + timeout
-        while not all(any(n in line for line in self.seen) for n in needles):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"server output never mentioned {needles}; it printed:\n{''.join(self.seen)}")
-            try:
-                self.seen.append(self.lines.get(timeout=min(remaining, 0.5)))
-            except queue.Empty:
-                if self.proc.poll() is not None and all(not r.is_alive() for r in self.readers) and self.lines.empty():
-                    pytest.fail(f"server exited ({self.proc.returncode}) printing:\n{''.join(self.seen)}")
-        return "".join(self.seen)
+        return self.proc.output.wait_for(*needles, timeout=timeout)
 
     def request(self, method: str, path: str, body: str | None = None, headers: dict | None = None):
         conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
@@ -100,8 +71,6 @@ class Server:
         """SIGTERM (stop_server) and the exit code."""
         if self.returncode is None:
             stop_server(self.proc)  # terminate, wait up to 15 s, then kill
-            for reader in self.readers:
-                reader.join(timeout=5)
             self.returncode = self.proc.returncode
         return self.returncode
 

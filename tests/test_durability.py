@@ -22,7 +22,17 @@ import threading
 import time
 from collections import Counter
 
-from helpers import BRANCH_A, KEY_A, basic, dumps, free_port, start_server, stop_server, ticket_body, write_config
+from helpers import (
+    BRANCH_A,
+    KEY_A,
+    basic,
+    dumps,
+    free_port,
+    start_server,
+    stop_server,
+    ticket_body,
+    write_config,
+)
 
 SAVED = "se guardo correctamente"
 TICKETS_URL = f"/{KEY_A}/tickets"
@@ -33,34 +43,6 @@ CLIENTS = 8
 KILL_AFTER = (400, 650, 520)
 TOTALS = ("12.36", "1.00", "99.99", "453.00", "1234.56", "0.58", "7.77")
 CYCLE_DEADLINE = 15.0  # seconds to reach KILL_AFTER acknowledgements in one cycle
-
-
-class _Output:
-    """Drain a server's stdout and stderr so a full pipe never blocks it; keep the text
-    for failure messages."""
-
-    def __init__(self, proc):
-        self.lines: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._drain, args=(stream,), daemon=True) for stream in (proc.stdout, proc.stderr)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _drain(self, stream) -> None:
-        try:
-            for line in stream:
-                self.lines.append(line)
-        except (OSError, ValueError):
-            pass
-
-    def join(self, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def tail(self, n: int = 40) -> str:
-        return "".join(self.lines[-n:])
 
 
 class _Cycle:
@@ -131,7 +113,7 @@ def _run_and_kill(tmp_path, cycle: int, kill_after: int) -> _Cycle:
     port = free_port()
     cfg = write_config(tmp_path, port=port)  # same tmp_path -> same data dir every time
     proc = start_server(["--config", str(cfg)], cwd=tmp_path, port=port)
-    output = _Output(proc)
+    output = proc.output
     clients = _Cycle(port, cycle)
     try:
         clients.start()
@@ -216,7 +198,7 @@ def test_sigkill_mid_flight_loses_no_acknowledged_ticket(tmp_path):
     port = free_port()
     cfg = write_config(tmp_path, port=port)
     proc = start_server(["--config", str(cfg)], cwd=tmp_path, port=port)
-    output = _Output(proc)
+    output = proc.output
     try:
         present = f"Ticket numero:{{}} , sucursal: {BRANCH_A}, aun no genera cfdi"
 

@@ -12,8 +12,16 @@ import threading
 import time
 
 import pytest
-
-from helpers import KEY_A, basic, dumps, free_port, start_server, stop_server, ticket_body, write_config
+from helpers import (
+    KEY_A,
+    basic,
+    dumps,
+    free_port,
+    start_server,
+    stop_server,
+    ticket_body,
+    write_config,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 
@@ -55,20 +63,6 @@ class Pos(threading.Thread):
             conn.close()
 
 
-class Drained:
-    """Reads a server's output as it comes: a full pipe would block the agent's logging
-    (one line per request) and so the agent itself."""
-
-    def __init__(self, stream):
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=lambda: self.lines.extend(stream), daemon=True)
-        self._thread.start()
-
-    def text(self, timeout: float = 10.0) -> str:
-        self._thread.join(timeout)
-        return "".join(self.lines)
-
-
 def refused(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -82,7 +76,6 @@ def refused(port: int) -> bool:
 def test_sigterm_while_selling_answers_what_it_started_and_loses_nothing(tmp_path):
     port = free_port()
     proc = start_server(["--config", str(write_config(tmp_path, port=port))], cwd=tmp_path, port=port)
-    stdout, stderr = Drained(proc.stdout), Drained(proc.stderr)
     terminals = [Pos(port, k) for k in range(CLIENTS)]
     try:
         # A terminal on a slow line: its request is half sent when the stop comes.
@@ -115,8 +108,8 @@ def test_sigterm_while_selling_answers_what_it_started_and_loses_nothing(tmp_pat
             pos.join(20)
         assert not any(p.is_alive() for p in terminals), "a terminal was left hanging on a connection"
         proc.wait(timeout=30)
-        err = stderr.text()
-        stdout.text()
+        proc.output.join()
+        err = proc.output.stderr()
     finally:
         stop_server(proc)
     assert proc.returncode == 0, err

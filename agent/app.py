@@ -15,6 +15,7 @@ from agent.config import Config, load_config
 from agent.db import open_database
 from agent.http import text_response
 from agent.global_runs import GlobalRuns
+from agent.logins import Logins
 from agent.print_queue import PrintQueue
 from agent.store import Store
 from agent.writer import Writer
@@ -38,6 +39,7 @@ class Agent:
         self.print_queue = PrintQueue(self.writer)
         self.global_runs = GlobalRuns(self.writer, self.store)
         self.receipts = Receipts(self.writer)
+        self.logins = Logins()
         # The sandbox, for every company that does not use Facturapi.
         self.upstream = upstream or make_upstream("sandbox")
         self._clients: dict[str, FacturapiClient] = {}

@@ -4,15 +4,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import logging
 from functools import wraps
 
 from flask import current_app, g, request
 
 from agent import messages
 from agent.http import text_response
-
-log = logging.getLogger(__name__)
 
 
 def credentials_from_header(header: str | None) -> tuple[str, str] | None | bool:
@@ -40,31 +37,46 @@ def company_required(view):
     """Resolve <key> to a company and check the request's Basic credentials against it.
 
     An unknown key and wrong credentials get the same answer, so the key cannot be
-    probed; the log says which it was.
+    probed; the log says which it was. Repeated failures from one address are throttled
+    (agent.logins).
     """
 
     @wraps(view)
     def wrapper(key: str, *args, **kwargs):
-        creds = credentials_from_header(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        creds = credentials_from_header(header)
         if creds is None:
             return _unauthorized(messages.AUTH_MISSING)
+        agent = current_app.config["AGENT"]
+        logins = agent.logins
+        address = request.remote_addr or "?"
+        credential = logins.digest(key, header)
+        wait = logins.retry_after(address, credential)
+        if wait is not None:
+            return too_many_attempts(wait)
         if creds is False:
+            logins.failed(address, "malformed Authorization header")
             return _unauthorized(messages.AUTH_MALFORMED)
-        company = current_app.config["AGENT"].config.company(key)
+        company = agent.config.company(key)
         user, password = creds
         if company is None:
             # Spend the same comparison on nothing, so timing does not tell keys apart.
             _same(user + password, "\x00")
-        if company is None or not company.check_credentials(user, password):
-            log.warning(
-                "auth refused from %s: %s", request.remote_addr, "unknown key" if company is None else "bad credentials"
-            )
+        if company is None or not logins.check(company, user, password):
+            logins.failed(address, "unknown key" if company is None else "bad credentials")
             return _unauthorized(messages.AUTH_WRONG)
+        logins.succeeded(address, credential)
         g.company = company
         g.company_key = key
         return view(key, *args, **kwargs)
 
     return wrapper
+
+
+def too_many_attempts(wait: int):
+    response = text_response(messages.too_many_attempts(wait), 429)
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 def _unauthorized(text: str):

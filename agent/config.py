@@ -49,6 +49,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from agent import passwords
+
 __all__ = [
     "DEFAULT_CONFIG_ENV",
     "PORTAL_PLACEHOLDERS",
@@ -519,7 +521,10 @@ class CompanyConfig(_Model):
 
     key: str
     username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=128, repr=False)
+    # Exactly one of password (as the POS sends it) or password_hash (what
+    # `ticket-agent hash-password` prints), so the file need not hold the password itself.
+    password: str = Field(default="", max_length=128, repr=False)
+    password_hash: str = Field(default="", max_length=512, repr=False)
     rfc: str
     legal_name: str = Field(min_length=1, max_length=254)
     tax_regime: TaxRegime
@@ -559,6 +564,13 @@ class CompanyConfig(_Model):
     def _check_username(cls, v: str) -> str:
         if ":" in v:
             raise _problem(f"{_show(v)} must not contain ':' (HTTP Basic authentication cannot carry it)")
+        return v
+
+    @field_validator("password_hash")
+    @classmethod
+    def _check_password_hash(cls, v: str) -> str:
+        if v and not passwords.is_hash(v):
+            raise _problem('is not a hash made by `ticket-agent hash-password` (it starts with "scrypt:" or "pbkdf2:")')
         return v
 
     @field_validator("rfc")
@@ -628,6 +640,12 @@ class CompanyConfig(_Model):
         )
 
     @model_validator(mode="after")
+    def _one_password(self) -> "CompanyConfig":
+        if bool(self.password) == bool(self.password_hash):
+            raise _problem("give the POS password as exactly one of password or password_hash")
+        return self
+
+    @model_validator(mode="after")
     def _facturapi_key(self) -> "CompanyConfig":
         if self.upstream == "facturapi" and self.facturapi is None:
             raise _problem("upstream \"facturapi\" needs [companies.facturapi] with api_key_file or api_key_env")
@@ -637,9 +655,13 @@ class CompanyConfig(_Model):
         return self._branch_index.get(branch_id)
 
     def check_credentials(self, username: str, password: str) -> bool:
-        """Constant-time comparison of HTTP Basic credentials."""
+        """Constant-time comparison of HTTP Basic credentials (a hashed password costs a
+        key derivation: agent.logins remembers the ones that already matched)."""
         u = secrets.compare_digest(username.encode("utf-8"), self.username.encode("utf-8"))
-        p = secrets.compare_digest(password.encode("utf-8"), self.password.encode("utf-8"))
+        if self.password_hash:
+            p = passwords.matches(self.password_hash, password)
+        else:
+            p = secrets.compare_digest(password.encode("utf-8"), self.password.encode("utf-8"))
         return u and p
 
     def portal_link(self, *, branch: str, ticket: str, total: Any = "", date: Any = "") -> str:
@@ -1065,6 +1087,8 @@ key = "%(key)s"
 username = "pos"
 # Password the POS sends with HTTP Basic authentication.
 password = "%(password)s"
+# Or the password's hash from `ticket-agent hash-password` here, and password = "".
+password_hash = ""
 # The company's RFC, in uppercase (this is SAT's test RFC: replace it).
 rfc = "EKU9003173C9"
 # Legal name (razón social) exactly as on the Constancia de Situación Fiscal.

@@ -51,6 +51,13 @@ def method_not_allowed(method: str, allowed: str) -> str:
     return f"Método {method} no permitido en esta ruta; use {allowed}."
 
 
+def too_many_attempts(seconds: int) -> str:
+    return (
+        "Demasiados intentos de acceso fallidos desde esta dirección. "
+        f"Intente de nuevo en {seconds} segundos."
+    )
+
+
 def storage_unavailable() -> str:
     return (
         "No se pudo guardar en la base de datos del agente (disco lleno, sin permisos o "

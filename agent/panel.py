@@ -12,13 +12,27 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import wraps
 
-from flask import Blueprint, Response, abort, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from peewee import fn
 
+from agent import messages
 from agent.health import checks
 from agent.models import (
     EXPIRED,
@@ -100,8 +114,18 @@ def login():
     error = None
     if request.method == "POST":
         user, password = request.form.get("usuario", ""), request.form.get("contrasena", "")
-        company = next((c for c in _agent().config.companies if c.check_credentials(user, password)), None)
-        if company is not None:
+        logins, address = _agent().logins, request.remote_addr or "?"
+        credential = logins.digest("panel", user, password)
+        wait = logins.retry_after(address, credential)
+        if wait is not None:
+            response = make_response(render_template("panel/login.html", error=messages.too_many_attempts(wait)), 429)
+            response.headers["Retry-After"] = str(wait)
+            return response
+        company = next((c for c in _agent().config.companies if logins.check(c, user, password)), None)
+        if company is None:
+            logins.failed(address, f"panel login as {user[:64]!r}")
+        else:
+            logins.succeeded(address, credential)
             session.clear()
             session["company"] = company.key
             target = request.args.get("next", "")
@@ -194,7 +218,7 @@ def _health(company) -> list:
 @bp.route("/")
 @login_required
 def today():
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     days = [branch_day(g.company, branch, now) for branch in g.company.branches]
     return render_template("panel/today.html", days=days, health=_health(g.company), now=now, check_names=CHECK_NAMES)
 
@@ -253,10 +277,10 @@ def ticket(branch_id: str, number: str):
 def _history(row: Ticket, branch) -> list[tuple[datetime, str, str | None]]:
     """(local time, what happened, error) of a ticket, oldest first: its events and its
     slips, in the branch's time, since that is the clock the manager reads."""
-    zone = branch.zone if branch else timezone.utc
+    zone = branch.zone if branch else UTC
 
     def local(moment: datetime) -> datetime:
-        return moment.replace(tzinfo=timezone.utc).astimezone(zone)
+        return moment.replace(tzinfo=UTC).astimezone(zone)
 
     items = [(local(row.created_at), "Guardado", None)]
     for event in _agent().store.events(row):
@@ -326,7 +350,7 @@ def global_invoices():
 
 def _yesterday(company) -> date:
     zone = company.branches[0].zone
-    return datetime.now(timezone.utc).astimezone(zone).date() - timedelta(days=1)
+    return datetime.now(UTC).astimezone(zone).date() - timedelta(days=1)
 
 
 def _period_form():
@@ -340,7 +364,7 @@ def _period_form():
         return branch, None, "La fecha debe tener el formato AAAA-MM-DD."
     period = period_of(day, g.company.periodicity)
     closes = period.closes_at(branch.zone)
-    if datetime.now(timezone.utc) < closes:
+    if datetime.now(UTC) < closes:
         return branch, None, f"El periodo {period.first}..{period.last} aún no termina: cierra el {closes:%Y-%m-%d %H:%M}."
     return branch, period, None
 

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import click
 
+from agent import passwords
+from agent.config import (
+    DEFAULT_CONFIG_ENV,
+    ConfigError,
+    load_config,
+    starter_config_text,
+)
 from service import __version__
-from agent.config import DEFAULT_CONFIG_ENV, ConfigError, load_config, starter_config_text
 
 CONFIG_HELP = f"TOML configuration file (default: ${DEFAULT_CONFIG_ENV}, else the embedded demo defaults)."
 
@@ -35,7 +42,14 @@ def _load(config_path: str | None):
               help="Log verbosity (logs go to standard error and data_dir/logs/ticket-agent.log).")
 def serve(config_path, log_level):
     """Start the agent and serve the POS contract until stopped (Ctrl-C or SIGTERM)."""
-    from service.runner import CannotListen, CannotOpenStore, CannotSign, CannotSync, serve as run_server, setup_logging
+    from service.runner import (
+        CannotListen,
+        CannotOpenStore,
+        CannotSign,
+        CannotSync,
+        setup_logging,
+    )
+    from service.runner import serve as run_server
 
     config = _load(config_path)
     setup_logging(log_level.upper())
@@ -75,6 +89,22 @@ def init(path, force):
         handle.write(starter_config_text())
     click.echo(f"Wrote {target}. Edit the company and branch data, then run:")
     click.echo(f"  ticket-agent serve --config {target}")
+
+
+@cli.command("hash-password")
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help="Read the password from the first line of standard input instead of asking.")
+def hash_password(from_stdin):
+    """Print a password_hash for the configuration, so the file need not hold the POS
+    password itself."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("POS password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        click.echo("The password is empty; nothing to hash.", err=True)
+        sys.exit(2)
+    click.echo(f'password_hash = "{passwords.make(password)}"')
 
 
 @cli.command("print-test")
@@ -144,7 +174,7 @@ def expire(config_path, now):
 @click.option("--dry-run", is_flag=True, help="Print the totals and the XML; reserve, sign and stamp nothing.")
 def global_invoice(config_path, company_key, branch_id, day, dry_run):
     """Issue a closed period's factura global now; --dry-run previews it."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from agent.periods import period_of
     from service.background import global_invoicing
@@ -154,7 +184,7 @@ def global_invoice(config_path, company_key, branch_id, day, dry_run):
         company, branch = _company_and_branch(agent.config, company_key, branch_id)
         period = period_of(day.date(), company.periodicity)
         closes = period.closes_at(branch.zone)
-        if datetime.now(timezone.utc) < closes:
+        if datetime.now(UTC) < closes:
             _fail(f"The period {period.first}..{period.last} is not over: it closes {closes:%Y-%m-%d %H:%M %Z}.", 1)
         expire_overdue(agent.store, agent.config)
         invoicing = global_invoicing(agent)
@@ -311,7 +341,8 @@ def backup(path, config_path, force, with_files):
     """Copy the ticket database to PATH, safely while the agent runs, and check the
     copy."""
     from agent.health import human_bytes
-    from service.backup import CFDI_DIR, BackupError, backup as make_backup
+    from service.backup import CFDI_DIR, BackupError
+    from service.backup import backup as make_backup
 
     config = _load(config_path)
     try:

@@ -9,6 +9,17 @@ from agent.config import load_config
 
 
 @pytest.fixture
+def runner():
+    """The CLI, as `ticket-agent` runs it; the configuration variable is removed so only
+    what a test sets is seen."""
+    from click.testing import CliRunner
+
+    from agent.config import DEFAULT_CONFIG_ENV
+
+    return CliRunner(env={DEFAULT_CONFIG_ENV: None})
+
+
+@pytest.fixture
 def config_path(tmp_path):
     return write_config(tmp_path)
 

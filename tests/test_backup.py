@@ -9,20 +9,14 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from click.testing import CliRunner
 
 from helpers import AUTH_A, BRANCH_A, KEY_A, put_json, ticket_body, write_config
 
 from agent.app import create_app
-from agent.config import DEFAULT_CONFIG_ENV, load_config
+from agent.config import load_config
 from service.cli import cli
 
 SAVED = b"se guardo correctamente"
-
-
-@pytest.fixture
-def runner():
-    return CliRunner(env={DEFAULT_CONFIG_ENV: None})
 
 
 def run_backup(runner, config_path, *args):

@@ -33,12 +33,6 @@ HELP_WIDTH = 78
 
 
 @pytest.fixture
-def runner():
-    # The configuration variable is removed so only what a test sets is seen.
-    return CliRunner(env={DEFAULT_CONFIG_ENV: None})
-
-
-@pytest.fixture
 def no_server(monkeypatch):
     """Fail loudly if a test reaches the point of starting the real server."""
     import service.runner

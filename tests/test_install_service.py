@@ -10,19 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from helpers import write_config
 
-from agent.config import DEFAULT_CONFIG_ENV
 from service.cli import cli
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
-
-
-@pytest.fixture
-def runner():
-    return CliRunner(env={DEFAULT_CONFIG_ENV: None})
 
 
 def install(runner, *args):

@@ -28,6 +28,8 @@ _RANK = {OK: 0, WARN: 1, FAIL: 2}
 # Free space on the data directory's disk. Under 100 MB SQLite may soon answer "database
 # or disk is full" and every sale gets a 503; under 1 GB there are days, not months, left.
 DISK_FAIL_BYTES = 100 * 1024**2
+# Less than a few SQLite pages: the next commit that needs the disk to grow fails.
+DISK_FULL_BYTES = 64 * 1024
 DISK_WARN_BYTES = 1024**3
 # The write-ahead log is reset at each checkpoint and normally stays at a few MB; a large
 # one means checkpoints cannot finish (a reader that never lets go, such as a stuck copy).
@@ -93,7 +95,9 @@ def database(agent, now: datetime) -> list[Check]:
         out.append(Check("database", status, "; ".join(parts)))
 
     free = shutil.disk_usage(agent.data_dir).free
-    if free < DISK_FAIL_BYTES:
+    if free < DISK_FULL_BYTES:
+        status, advice = FAIL, ": the disk is full, sales are refused until space is freed"
+    elif free < DISK_FAIL_BYTES:
         status, advice = FAIL, ": sales will soon be refused; free space now"
     elif free < DISK_WARN_BYTES:
         status, advice = WARN, ": free some space"

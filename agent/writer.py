@@ -123,9 +123,10 @@ class Writer:
                 for op, group in groupby(slots, key=lambda slot: slot.op):
                     results.extend(self._apply(op, [slot.payload for slot in group]))
         except Exception as exc:  # the commit itself failed: nothing of the group is stored
-            log.error("database commit failed for %d changes: %s", len(slots), exc)
-            self.last_error = str(exc)
-            results = [StorageUnavailable(f"the database refused the write: {exc}")] * len(slots)
+            reason = _first_cause(exc)
+            log.error("database commit failed for %d changes: %s", len(slots), reason)
+            self.last_error = reason
+            results = [StorageUnavailable(f"the database refused the write: {reason}")] * len(slots)
         else:
             self.commits += 1
             self.last_error = None
@@ -152,6 +153,16 @@ def _checked(results: Sequence[Any], payloads: Sequence[Any]) -> list[Any]:
     if len(results) != len(payloads):
         raise RuntimeError(f"batch op returned {len(results)} results for {len(payloads)} payloads")
     return results
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The error that started it. A commit that fails on a full disk makes SQLite roll the
+    transaction back itself; peewee's own rollback then fails with "no transaction is
+    active", and that second error would hide the one a person needs to read."""
+    first = exc
+    while first.__context__ is not None and isinstance(first.__context__, Exception):
+        first = first.__context__
+    return str(first) if first is exc or _is_storage_failure(first) else str(exc)
 
 
 def _is_storage_failure(exc: Exception) -> bool:

@@ -145,7 +145,7 @@ class FileLog:
             finally:
                 for target in self._targets:
                     target.batching = False
-                    target.flush()
+                    _flush(target)
             for item in batch:
                 if isinstance(item, threading.Event):
                     item.set()
@@ -158,17 +158,29 @@ class FileLog:
         self._queue.put(done)
         done.wait(timeout)
         for target in self._targets:
-            target.flush()
+            _flush(target)
 
     def close(self) -> None:
         root = logging.getLogger()
         root.removeHandler(self._front)
         self._queue.put(None)
         self._thread.join(5)
-        self.handler.close()
+        try:
+            self.handler.close()
+        except OSError:  # the lines that could not be written are lost, not the shutdown
+            pass
         for target in self._targets[:-1]:
             target.removeFilter(_REQUESTS_IN_FILE)
             root.addHandler(target)
+
+
+def _flush(target: logging.Handler) -> None:
+    # A full or read-only disk must cost the log its lines, never the agent its log
+    # thread: lines already queued would pile up in memory with nobody to write them.
+    try:
+        target.flush()
+    except OSError:
+        pass
 
 
 class _Enqueue(logging.Handler):

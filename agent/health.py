@@ -142,6 +142,12 @@ def scheduler(agent, now: datetime) -> list[Check]:
                                                 f"{every} s; is a run stuck?"))
         else:
             out.append(Check("scheduler", OK, f"job {name}: last run {_when(last)} ok"))
+    for when, seconds in sched.clock_jumps:
+        if abs(now - when) < timedelta(days=1):
+            # The sweeps cope; a clock that keeps jumping dates sales wrongly, a person should know.
+            out.append(Check("scheduler", WARN, f"the system clock jumped {'back' if seconds < 0 else 'forward'} "
+                                                f"{abs(seconds):.0f} s at {_when(when)}; check the computer's time "
+                                                "settings (NTP)"))
     return out
 
 

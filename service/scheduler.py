@@ -7,11 +7,18 @@ retry time came), so a run missed while the agent was off, or a clock that jumpe
 simply caught up by the next sweep, and a sweep that runs twice finds nothing left to do.
 
 Only one agent process on a data directory runs them: a lock file decides which.
+
+APScheduler times its jobs by the wall clock. A clock set back an hour would leave every
+sweep waiting that extra hour (a day forward is harmless: the missed runs coalesce into
+one). A watch compares the wall clock with the monotonic one and, when they part by more
+than a few seconds, logs the jump and runs the sweeps at once; the sweeps themselves make
+a second run harmless.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +35,19 @@ except ImportError:  # Windows: the same exclusive, non-blocking lock through ms
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "scheduler.lock"
+CLOCK_CHECK_EVERY = 30.0
+# More disagreement than this between the wall clock and the time that passed is a jump
+# (an NTP slew moves the clock by milliseconds a second, never seconds).
+CLOCK_JUMP_SECONDS = 5.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def clock_jump(wall_before: datetime, mono_before: float, wall_now: datetime, mono_now: float) -> float:
+    """Seconds the wall clock moved beyond the time that really passed (negative: back)."""
+    return (wall_now - wall_before).total_seconds() - (mono_now - mono_before)
 
 
 class JobLock:
@@ -85,16 +105,23 @@ def _unlock(fd: int) -> None:
 
 
 class Scheduler:
-    def __init__(self, data_dir: Path, jobs: dict[str, tuple[Callable[[], object], int]]):
+    def __init__(self, data_dir: Path, jobs: dict[str, tuple[Callable[[], object], int]], *,
+                 clock: Callable[[], datetime] = _utcnow, clock_check_every: float = CLOCK_CHECK_EVERY):
         """jobs: name -> (function, seconds between sweeps)."""
         self.jobs = jobs
         self.lock = JobLock(data_dir)
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         self.last_run: dict[str, datetime] = {}
         self.last_error: dict[str, str] = {}
+        self.clock = clock
+        self.clock_check_every = clock_check_every
+        self.clock_jumps: list[tuple[datetime, float]] = []  # (when, seconds), for status pages
+        self._watching = threading.Event()
+        self._watch = threading.Thread(target=self._watch_clock, name="clock-watch", daemon=True)
 
     def start(self) -> None:
         self._scheduler.start()
+        self._watch.start()
         if not self._take_jobs():
             log.warning("another agent process holds %s: it runs the scheduled jobs; this one checks "
                         "every minute whether to take over", self.lock.path)
@@ -106,7 +133,7 @@ class Scheduler:
             return False
         if self._scheduler.get_job("take-over"):
             self._scheduler.remove_job("take-over")
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         for name, (function, seconds) in self.jobs.items():
             # next_run_time=now: whatever was missed while the agent was off runs at start.
             self._scheduler.add_job(self._runner(name, function), "interval", seconds=seconds, id=name,
@@ -129,12 +156,34 @@ class Scheduler:
 
         return run
 
+    def _watch_clock(self) -> None:
+        wall, mono = self.clock(), time.monotonic()
+        while not self._watching.wait(self.clock_check_every):
+            wall_now, mono_now = self.clock(), time.monotonic()
+            jump = clock_jump(wall, mono, wall_now, mono_now)
+            wall, mono = wall_now, mono_now
+            if abs(jump) > CLOCK_JUMP_SECONDS:
+                self.clock_jumps = [*self.clock_jumps[-9:], (wall_now, jump)]
+                log.warning("the system clock jumped %s by %.0f s; running the scheduled sweeps now",
+                            "back" if jump < 0 else "forward", abs(jump))
+                self.run_now()
+
+    def run_now(self) -> None:
+        """Run every sweep this process holds now, and time the next ones from now."""
+        if not self.lock.held:
+            return
+        now = self.clock()
+        for name in self.jobs:
+            if self._scheduler.get_job(name):
+                self._scheduler.modify_job(name, next_run_time=now)
+
     @property
     def running_jobs(self) -> bool:
         return self.lock.held
 
     def stop(self) -> None:
         """Let a job in progress finish, then release the lock."""
+        self._watching.set()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         self.lock.release()

@@ -188,7 +188,8 @@ def test_a_data_directory_gone_read_only_answers_503_and_loses_nothing(tmp_path,
 
     # What the IT person does: unmount, check the disk, mount it again, start the agent.
     subprocess.run(["umount", str(disk)], check=True)
-    subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True)  # exit 1: errors corrected
+    fsck = subprocess.run(["e2fsck", "-fy", str(image)], check=False, capture_output=True)
+    assert fsck.returncode in (0, 1), fsck.stdout  # 1: errors found and corrected
     subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(disk)], check=True)
     agent = Agent(tmp_path, disk / "data")
     try:

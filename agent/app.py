@@ -89,7 +89,7 @@ def create_app(config: Config | None = None, *, upstream: Upstream | None = None
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_kb * 1024
     app.config["AGENT"] = Agent(config, upstream)
 
-    from agent import contract, ops, panel, printing, self_invoice
+    from agent import contract, openapi, ops, panel, printing, self_invoice
 
     ops.install(app)  # first: its timing hook must run before any other
     app.register_blueprint(ops.bp)
@@ -97,6 +97,7 @@ def create_app(config: Config | None = None, *, upstream: Upstream | None = None
     app.register_blueprint(printing.bp)
     app.register_blueprint(panel.bp)
     app.register_blueprint(self_invoice.bp)
+    app.register_blueprint(openapi.bp)
     app.secret_key = _session_secret(app.config["AGENT"].data_dir)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="panel")
     app.add_url_rule("/", "home", lambda: redirect("/panel/"))

@@ -51,6 +51,7 @@ from agent.models import (
     Ticket,
 )
 from agent.periods import period_of
+from agent.writer import StorageUnavailable
 
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
@@ -93,7 +94,8 @@ def login_required(view):
 
 def _check_token() -> None:
     sent = request.form.get("token", "")
-    if not sent or not hmac.compare_digest(sent, session.get("token", "")):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+    if not sent or not hmac.compare_digest(sent.encode("utf-8", "replace"), session.get("token", "").encode()):
         abort(400, "El formulario venció; vuelva a intentarlo desde la página.")
 
 
@@ -423,3 +425,11 @@ def global_build():
 @bp.errorhandler(503)
 def _error_page(exc):
     return render_template("panel/error.html", message=exc.description), exc.code
+
+
+@bp.errorhandler(StorageUnavailable)
+def _storage_unavailable(exc: StorageUnavailable):
+    # A reprint or a global invoice writes: a full disk is a page saying so, not a plain-text 500.
+    current_app.logger.error("panel: storage unavailable: %s", exc)
+    return render_template("panel/error.html", message="La base de datos del agente no puede guardar en este "
+                           "momento (disco lleno, sin permisos o detenido). Intente de nuevo más tarde."), 503

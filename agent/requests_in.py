@@ -42,6 +42,8 @@ def parse_json_object(body: bytes) -> dict:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         where = f" (línea {exc.lineno}, columna {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise BadRequest([messages.body_not_json(detail + where)]) from None
+    except RecursionError:  # "[[[[..." nested deeper than Python's stack, within the size limit
+        raise BadRequest([messages.body_not_json("anidado a más profundidad de la que se acepta")]) from None
     if not isinstance(data, dict):
         raise BadRequest([messages.BODY_NOT_OBJECT])
     return data

@@ -217,6 +217,7 @@ def test_wrong_content_type_is_refused(client):
         ('"texto"', "El cuerpo debe ser un objeto JSON"),
         ('{"monto": NaN}', "El cuerpo no es JSON válido: NaN no es un número válido"),
         (b"\xff\xfe{}", "El cuerpo de la petición no está en UTF-8."),
+        ("[" * 100_000, "El cuerpo no es JSON válido: anidado a más profundidad de la que se acepta."),
     ],
 )
 def test_malformed_body_is_a_clear_400(client, raw, expected):

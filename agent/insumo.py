@@ -42,9 +42,10 @@ _EXPECTED_FIELDS = {"00": 4, "01": 11, "02": 11, "03": 6}
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
 
-# Characters no POS text should carry and that would break the CFDI XML later: C0 controls
-# (a lone \r included: only \n and \r\n end lines), DEL, lone surrogates, and a BOM.
-_BAD_CHAR_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufeff]")
+# Characters no POS text should carry and that would break the CFDI XML later: C0 and C1
+# controls (a lone \r included: only \n and \r\n end lines), DEL, lone surrogates, a BOM
+# and the two noncharacters XML refuses.
+_BAD_CHAR_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufeff\ufffe\uffff]")
 _DATE_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _POSTAL_CODE_RE = re.compile(r"[0-9]{5}")
 _PRODUCT_KEY_RE = re.compile(r"[0-9]{8}")
@@ -165,8 +166,9 @@ class _Parser:
 
     def parse(self) -> Insumo:
         last = None  # kind of the previous record: the order rules only need that
-        for lineno, line in enumerate(self.text.split("\n"), 1):
-            if line.endswith("\r"):
+        lines = self.text.split("\n")
+        for lineno, line in enumerate(lines, 1):
+            if line.endswith("\r") and lineno < len(lines):  # \r\n; a \r ending the text is lone
                 line = line[:-1]
             if not line.strip(" \t"):
                 continue
@@ -358,6 +360,10 @@ class _Parser:
         if factor == "Tasa" and r > _ONE:
             raise InsumoError(lineno, f"TasaOCuota {rate} mayor que 1 con TipoFactor Tasa")
         a = _amount(lineno, "Importe", amount)
+        if not b and a:
+            # SAT's bounds let a Base of "0" carry up to half a unit times the rate, but a
+            # CFDI cannot carry a tax without a base: the customer's invoice would lose it.
+            raise InsumoError(lineno, f"Importe {amount} con Base 0: un impuesto sin base debe tener Importe 0")
         places = decimals_of(a)
         low, high = tax_bounds(b, r, places)
         if not low <= a <= high:

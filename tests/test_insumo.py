@@ -492,3 +492,18 @@ def test_doc_examples_parse():
 
 def test_doc_examples_are_the_tested_ones():
     assert _doc_examples() == [EXAMPLE, MIXED]
+
+
+
+@pytest.mark.parametrize("char", ["\x85", "\x9f", "\ufffe", "\uffff"])
+def test_c1_controls_and_xml_noncharacters_are_refused(char):
+    # The customer's CFDI is XML: a character it cannot carry is refused on arrival.
+    lines = EXAMPLE.split("\n")
+    lines[2] = lines[2].replace("|", f"{char}|", 1)
+    with pytest.raises(InsumoError, match=f"línea 3: carácter no permitido U\\+{ord(char):04X}"):
+        parse_insumo("\n".join(lines))
+
+
+def test_a_carriage_return_ending_the_text_is_lone():
+    with pytest.raises(InsumoError, match="U\\+000D"):
+        parse_insumo(EXAMPLE.rstrip("\n") + "\r")

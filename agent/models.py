@@ -210,8 +210,9 @@ class GlobalInvoice(BaseModel):
 
 
 # Print job states. A job is claimed (PRINTING) before its bytes leave for the printer and
-# is PRINTED once they were accepted; a job found PRINTING at start-up was interrupted
-# and becomes FAILED rather than risk a second slip (see docs/printing.md).
+# is PRINTED once they were accepted. Of the jobs found PRINTING at start-up, the first
+# of each printer may have been under way and becomes FAILED rather than risk a second
+# slip; the rest never left and are due again (see docs/printing.md).
 JOB_PENDING = "pending"
 JOB_PRINTING = "printing"
 JOB_PRINTED = "printed"

@@ -70,7 +70,9 @@ class PrintQueue:
             self.writer.submit(_finish, tuple(outcomes))
 
     def recover_interrupted(self) -> int:
-        """At start-up: jobs left PRINTING by a crash become FAILED (at most one slip)."""
+        """At start-up: the job each printer was sending when the agent crashed becomes
+        FAILED (at most one slip); the jobs claimed with it that never left are due
+        again. Returns how many failed."""
         return self.writer.submit(_recover, None)
 
 
@@ -120,7 +122,31 @@ def _finish(batch):
 
 
 def _recover(batch):
-    count = (
-        PrintJob.update(state=JOB_FAILED, last_error=INTERRUPTED).where(PrintJob.state == JOB_PRINTING).execute()
+    # The worker sends a printer's claimed jobs in claim order and records each outcome
+    # before the next one leaves (printer/worker.py), so of the jobs a crash left
+    # PRINTING only the first of each printer may have reached it. Grouped by company,
+    # branch and printer name: two names for one printer only make the recovery fail one
+    # more.
+    claimed = (
+        PrintJob.select(PrintJob.id, Ticket.company, Ticket.branch, PrintJob.printer)
+        .join(Ticket, on=(PrintJob.ticket == Ticket.id))
+        .where(PrintJob.state == JOB_PRINTING)
+        .order_by(PrintJob.next_attempt_at, PrintJob.id)
+        .tuples()
     )
+    in_flight: dict[tuple[str, str, str], int] = {}
+    never_sent = []
+    for job_id, *printer in claimed:
+        if in_flight.setdefault(tuple(printer), job_id) != job_id:
+            never_sent.append(job_id)
+    count = 0
+    for chunk in _chunks(list(in_flight.values())):
+        count += PrintJob.update(state=JOB_FAILED, last_error=INTERRUPTED).where(PrintJob.id.in_(chunk)).execute()
+    for chunk in _chunks(never_sent):  # that try did not happen
+        PrintJob.update(state=JOB_PENDING, attempts=PrintJob.attempts - 1).where(PrintJob.id.in_(chunk)).execute()
     return [count] + [0] * (len(batch) - 1)
+
+
+def _chunks(values: list, size: int = 500):
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

@@ -73,13 +73,32 @@ class PrintWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._unrecorded: list[JobOutcome] = []  # outcomes a failed commit could not record yet
         self.last_error: dict[str, str] = {}  # printer -> last error, for status pages
 
     # -- one round, a plain function: tests and `ticket-agent` call it directly ---------
 
     def run_once(self, limit: int = 50) -> int:
         """Claim the due jobs, print them (printers in parallel, each printer's jobs in
-        order) and record the outcomes. Returns how many jobs were handled."""
+        order) and record the outcomes. Returns how many jobs were handled.
+
+        Each slip's outcome is recorded before the next slip of its printer leaves, so
+        after a crash only the slip each printer was sending can have left unrecorded:
+        the queue's recovery fails that one and gives the others back
+        (agent/print_queue.py)."""
+        with self._lock:
+            unrecorded, self._unrecorded = self._unrecorded, []
+        if unrecorded:
+            # Outcomes a commit failed to record, recorded before anything new is claimed
+            # (if it fails again, so would the claim): the recovery reads each printer's
+            # first unfinished job as the one in flight.
+            try:
+                self.queue.finish(unrecorded)
+            except BaseException:
+                with self._lock:
+                    self._unrecorded[:0] = unrecorded
+                raise
         jobs = self.queue.claim_due(self.clock(), limit)
         if not jobs:
             return 0
@@ -96,32 +115,55 @@ class PrintWorker:
                 outcomes.append(JobOutcome(job.id, printed_at=self.clock()))
                 continue
             by_printer[rendered.printer].append((job, rendered))
-        for result in self._pool.map(self._print_all, by_printer.values()):
-            outcomes.extend(result)
-        self.queue.finish(outcomes)
+        if outcomes:  # nothing leaves for these: recorded before any slip does
+            self._record(outcomes)
+        for _ in self._pool.map(self._print_all, by_printer.values()):
+            pass
         return len(jobs)
 
-    def _print_all(self, jobs: list[tuple[Any, RenderedJob]]) -> list[JobOutcome]:
-        outcomes = []
-        failure: str | None = None
-        for job, rendered in jobs:
-            if failure is None:
-                try:
-                    send(parse_printer(rendered.printer), rendered.data, name=rendered.name,
-                         preview=rendered.preview, timeout=self.timeout)
-                except (PrinterError, OSError, ValueError) as exc:
-                    failure = str(exc)
-                    self.last_error[rendered.printer] = f"{self.clock():%Y-%m-%d %H:%M:%S} UTC {failure}"
-                    log.warning("print job %s on %s failed: %s", job.id, rendered.printer, failure)
-                else:
-                    self.last_error.pop(rendered.printer, None)
-                    log.info("print job %s printed on %s", job.id, rendered.printer)
-                    outcomes.append(JobOutcome(job.id, printed_at=self.clock()))
-                    continue
-            # Once a printer failed, its other jobs wait for the next try instead of each
-            # spending a timeout on a printer known to be down.
-            outcomes.append(self._failed(job, failure))
-        return outcomes
+    def _print_all(self, jobs: list[tuple[Any, RenderedJob]]) -> None:
+        """One printer's jobs, in order, each outcome recorded before the next slip leaves."""
+        for index, (job, rendered) in enumerate(jobs):
+            rest = jobs[index + 1 :]
+            try:
+                send(parse_printer(rendered.printer), rendered.data, name=rendered.name,
+                     preview=rendered.preview, timeout=self.timeout)
+            except (PrinterError, OSError, ValueError) as exc:
+                failure = str(exc)
+                self.last_error[rendered.printer] = f"{self.clock():%Y-%m-%d %H:%M:%S} UTC {failure}"
+                log.warning("print job %s on %s failed: %s", job.id, rendered.printer, failure)
+                # Once a printer failed, its other jobs wait for the next try instead of each
+                # spending a timeout on a printer known to be down.
+                self._record([self._failed(other, failure) for other, _ in jobs[index:]])
+                return
+            except Exception as exc:  # a bug: this slip may have left, so it is never sent again
+                log.exception("print job %s on %s: unexpected error", job.id, rendered.printer)
+                failure = f"unexpected error while printing: {exc!r}"
+                self._record([JobOutcome(job.id, error=failure), *(self._failed(other, failure) for other, _ in rest)])
+                return
+            self.last_error.pop(rendered.printer, None)
+            log.info("print job %s printed on %s", job.id, rendered.printer)
+            if not self._record([JobOutcome(job.id, printed_at=self.clock())], rest):
+                return
+
+    def _record(self, outcomes: list[JobOutcome], rest: Sequence[tuple[Any, RenderedJob]] = ()) -> bool:
+        """Record outcomes now; when the commit fails, keep them (and give the printer's
+        jobs not sent yet back, due at once) for the next round. False if it failed."""
+        try:
+            self.queue.finish(outcomes)
+            return True
+        except Exception:  # the database refused the write: the round stops for this printer
+            log.exception("print jobs %s: cannot record the outcome; recorded before the next round",
+                          ", ".join(str(o.job_id) for o in outcomes))
+            now = self.clock()
+            with self._lock:
+                self._unrecorded.extend(outcomes)
+                self._unrecorded.extend(
+                    JobOutcome(job.id, error="not sent: the outcome of the slip before could not be recorded",
+                               retry_at=now)
+                    for job, _ in rest
+                )  # fmt: skip
+            return False
 
     def _failed(self, job: Any, error: str) -> JobOutcome:
         now = self.clock()

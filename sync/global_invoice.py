@@ -23,6 +23,7 @@ from agent.periods import Period, period_of
 from sync import cfdi40
 from sync.cfdi40 import GlobalInvoice as CfdiInput
 from sync.cfdi40 import GlobalTicket, Issuer
+from sync.expiry import expire_overdue
 from sync.pdf import render_pdf
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,14 @@ class GlobalInvoicing:
     # -- the scheduled round -------------------------------------------------------------
 
     def run(self) -> list:
-        """Reserve every closed period that has tickets waiting, then stamp every run due."""
+        """Expire what is overdue, reserve every closed period that has tickets waiting,
+        then stamp every run due.
+
+        Expiring first: the expiry sweep runs beside this one (both at start-up, and
+        together every fifth minute), and a ticket it expires a moment after this round
+        looked would otherwise wait for the next round, five minutes on."""
         now = self.clock()
+        expire_overdue(self.runs.store, self.config, now)
         for company in self.config.companies:
             for branch in company.branches:
                 for period in self.closed_periods(company, branch, now):

@@ -18,7 +18,7 @@ from agent.global_runs import GlobalRuns
 from agent.logins import Logins
 from agent.print_queue import PrintQueue
 from agent.store import Store
-from agent.writer import Writer
+from agent.writer import StorageUnavailable, Writer
 from agent.receipts import Receipts
 from sync.facturapi import FacturapiClient
 from sync.upstream import FacturapiUpstream, Upstream, make_upstream
@@ -138,6 +138,15 @@ def _register_error_texts(app: Flask, max_body_kb: int) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc):
         return text_response(messages.body_too_large(max_body_kb), 413)
+
+    @app.errorhandler(StorageUnavailable)
+    def storage_unavailable(exc):
+        # A sale, an expiry, a reprint: the POS routes' 503. The panel and the
+        # self-invoice page answer with pages of their own.
+        log.error("storage unavailable: %s", exc)
+        response = text_response(messages.storage_unavailable(), 503)
+        response.headers["Retry-After"] = "30"
+        return response
 
     @app.errorhandler(HTTPException)
     def other_http(exc):

@@ -22,7 +22,6 @@ from agent.http import TEXT, text_response
 from agent.models import CFDI_CANCELLED
 from agent.requests_in import BadRequest, parse_expire, parse_json_object, parse_ticket, ticket_number
 from agent.store import REPLACED, STORED_NEW, TicketConflict, TicketNotFound
-from agent.writer import StorageUnavailable
 from sync.upstream import CANCEL_PENDING, MOTIVES, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -56,14 +55,6 @@ def _refused(exc: _Refused):
 @bp.errorhandler(BadRequest)
 def _bad_request(exc: BadRequest):
     return text_response(str(exc), 400)
-
-
-@bp.errorhandler(StorageUnavailable)
-def _storage_unavailable(exc: StorageUnavailable):
-    log.error("storage unavailable: %s", exc)
-    response = text_response(messages.storage_unavailable(), 503)
-    response.headers["Retry-After"] = "30"
-    return response
 
 
 @bp.route("/<key>/tickets", methods=["PUT"])

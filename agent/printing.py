@@ -3,7 +3,6 @@ prints by itself (see docs/printing.md)."""
 from __future__ import annotations
 
 import io
-import logging
 
 import qrcode
 from flask import Blueprint, Response, current_app, g, request
@@ -13,10 +12,7 @@ from agent.auth import company_required
 from agent.http import text_response
 from agent.requests_in import BadRequest, parse_json_object, ticket_number
 from agent.slips import layout_of, printer_of, slip_for
-from agent.writer import StorageUnavailable
 from printer.slip import render_escpos, render_png
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("printing", __name__)
 
@@ -27,15 +23,6 @@ _EC = {"L": qrcode.constants.ERROR_CORRECT_L, "M": qrcode.constants.ERROR_CORREC
 @bp.errorhandler(BadRequest)
 def _bad_request(exc: BadRequest):
     return text_response(str(exc), 400)
-
-
-@bp.errorhandler(StorageUnavailable)
-def _storage_unavailable(exc: StorageUnavailable):
-    # A reprint writes its print job: a full disk is the contract's 503, not an internal error.
-    log.error("storage unavailable: %s", exc)
-    response = text_response(messages.storage_unavailable(), 503)
-    response.headers["Retry-After"] = "30"
-    return response
 
 
 def _ticket(key: str, branch_id: str, number: str):

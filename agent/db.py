@@ -18,7 +18,10 @@ PRAGMAS = {
     "synchronous": 2,  # FULL
     "foreign_keys": 1,
     "busy_timeout": 10_000,
-    "cache_size": -16_000,  # 16 MB
+    # Per connection, and there is one per waitress thread plus the workers': at 16 MB the
+    # caches grew with the file to hundreds of MB (bench/soak.py). SQLite's own default;
+    # the OS page cache keeps the file warm anyway.
+    "cache_size": -2_000,  # 2 MB
 }
 
 

@@ -144,8 +144,8 @@ CRITERIA = """\
   7 KB per request over the 30-minute run (about 6,700 requests). Growth that is bounded
   but counts all the same: each waitress thread that builds a global CFDI keeps 6-10 MB
   more (glibc's per-thread malloc arenas; two such after warm-up), and each SQLite
-  connection caches up to 16 MB of a growing database (the 30-minute run fails on it:
-  bench/README.md).
+  connection caches up to 2 MB of a growing database (16 MB until the 30-minute run
+  failed on it: bench/README.md).
 - file handles: the fewest fds sampled in the last window, not counting tickets.db's, at
   most the first window's + 5; the same for SQLite connections (their -wal fds) and,
   + 8, for threads. The floor, because a printer or Facturapi connection, or a pusher
@@ -564,7 +564,7 @@ class Sample(NamedTuple):
     threads: int
     conns: int  # SQLite connections: each has the write-ahead log open once
     db_fds: int  # fds on tickets.db: SQLite keeps a closed connection's for reuse
-    db_mb: float  # tickets.db (without its write-ahead log): each connection caches up to 16 MB of it
+    db_mb: float  # tickets.db (without its write-ahead log): each connection caches up to 2 MB of it
 
 
 def sample(pid: int, data_dir: Path) -> Sample | None:
@@ -1013,7 +1013,7 @@ def main() -> int:
     criterion("memory", last["rss_mb"] - first["rss_mb"] <= rss_limit,
               f"RSS {first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB ({last['rss_mb'] - first['rss_mb']:+.1f} MB, "
               f"limit +{rss_limit:.1f}); meanwhile tickets.db grew {last['db_mb'] - first['db_mb']:+.1f} MB, which "
-              f"each of {last['conns_max']} SQLite connections may cache (up to 16 MB)")
+              f"each of {last['conns_max']} SQLite connections may cache (up to 2 MB)")
     # A window's floor: a connection or a pool thread in flight at a sample is not a leak;
     # a leak raises the floor too. tickets.db's own fds are judged apart (DB_FD_CEILING).
     handles_ok = (last["other_fds_min"] <= first["other_fds_min"] + FD_SLACK

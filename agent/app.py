@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +13,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 
 from agent import messages
 from agent.config import Config, load_config
-from agent.db import open_database
+from agent.db import open_database, presence
 from agent.http import text_response
 from agent.global_runs import GlobalRuns
 from agent.logins import Logins
@@ -32,11 +33,14 @@ class Agent:
     def __init__(self, config: Config, upstream: Upstream | None = None):
         self.config = config
         self.data_dir = config.data_dir_path
-        self.db = open_database(self.data_dir)
+        self.db = open_database(self.data_dir, config.database.url)
+        # Which process this is, among the agents that may share a PostgreSQL database.
+        self.instance = instance_id()
+        self.presence = presence(config.database.url, self.instance)
         self.writer = Writer(self.db)
         self.writer.start()
         self.store = Store(self.db, self.writer, self.data_dir)
-        self.print_queue = PrintQueue(self.writer)
+        self.print_queue = PrintQueue(self.writer, self.presence)
         self.global_runs = GlobalRuns(self.writer, self.store)
         self.receipts = Receipts(self.writer)
         self.logins = Logins()
@@ -80,7 +84,12 @@ class Agent:
     def close(self) -> None:
         """Finish the writes in flight, then close the database."""
         self.writer.stop()
+        self.presence.close()
         self.db.close()
+
+
+def instance_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def create_app(config: Config | None = None, *, upstream: Upstream | None = None) -> Flask:

@@ -59,6 +59,7 @@ __all__ = [
     "ConfigError",
     "ServerConfig",
     "UpstreamConfig",
+    "DatabaseConfig",
     "FacturapiConfig",
     "BranchConfig",
     "CompanyConfig",
@@ -295,6 +296,51 @@ class UpstreamConfig(_Model):
         if parts.scheme not in ("https", "http") or not parts.netloc:
             raise _problem(f"must be an http(s) URL like {FACTURAPI_URL!r}, got {_show(v)}")
         return v.rstrip("/")
+
+
+class DatabaseConfig(_Model):
+    """``[database]``: where the tickets are kept (docs/postgresql.md)."""
+
+    # "" keeps them in the SQLite file of data_dir; "postgresql://user@host:5432/db" on a
+    # PostgreSQL server that several agent processes may share.
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if v == "":
+            return v
+        hint = 'it must look like "postgresql://agent@db.example.com:5432/tickets" (or be "" for the SQLite file)'
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise _problem(f"{_show(mask_password(v))} is not a postgresql:// address; {hint}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise _problem(f"{_show(mask_password(v))} has a port that is not a number; {hint}") from None
+        if not parts.hostname and "host=" not in parts.query:
+            raise _problem(f"{_show(mask_password(v))} names no host; {hint}")
+        if not parts.path.strip("/"):
+            raise _problem(f"{_show(mask_password(v))} names no database after the host; {hint}")
+        del port
+        return v
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.url != ""
+
+    @property
+    def shown(self) -> str:
+        """The address as logs and pages show it: without its password."""
+        return mask_password(self.url) if self.url else "SQLite"
+
+
+def mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{parts.username}:***@{netloc[1]}").geturl()
 
 
 class FacturapiConfig(_Model):
@@ -686,6 +732,7 @@ class Config(_Model):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     companies: tuple[CompanyConfig, ...] = Field(min_length=1, strict=False)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -1079,6 +1126,12 @@ concurrency = 4
 qr_wait = 3
 # Seconds between two checks of what customers invoiced in Facturapi (10-86400).
 poll_every = 300
+
+[database]
+# "" keeps the tickets in a SQLite file in data_dir (right for one store PC). For several agent
+# processes on one PostgreSQL server: "postgresql://agent@db.example.com:5432/tickets"; the
+# password goes in the agent user's ~/.pgpass or the PGPASSWORD variable, not here.
+url = ""
 
 [[companies]]
 # The company's token in the POS URLs ({Token}/{keyEmpresa}); its identity in the local store, do not change it later.

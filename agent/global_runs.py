@@ -14,6 +14,7 @@ from typing import Sequence
 
 from peewee import fn
 
+from agent.db import locked
 from agent.models import (
     EXPIRED,
     RUN_FAILED,
@@ -153,12 +154,16 @@ def _reserve(batch):
         for ticket_ids in parts:
             free = [
                 t.id
-                for chunk in _chunks(list(ticket_ids))
-                for t in Ticket.select(Ticket.id).where(
-                    Ticket.id.in_(chunk)
-                    & (Ticket.status == EXPIRED)
-                    & Ticket.cfdi.is_null()
-                    & Ticket.global_invoice.is_null()
+                for chunk in _chunks(sorted(ticket_ids))
+                for t in locked(
+                    Ticket.select(Ticket.id)
+                    .where(
+                        Ticket.id.in_(chunk)
+                        & (Ticket.status == EXPIRED)
+                        & Ticket.cfdi.is_null()
+                        & Ticket.global_invoice.is_null()
+                    )
+                    .order_by(Ticket.id)
                 )
             ]
             if not free:
@@ -180,7 +185,7 @@ def _reserve(batch):
 def _record(batch):
     results = []
     for run_id, cfdi, files in batch:
-        run = GlobalInvoice.get_by_id(run_id)
+        run = locked(GlobalInvoice.select().where(GlobalInvoice.id == run_id)).get()
         if run.state == RUN_STAMPED:  # recorded already: a second run of the job
             results.append(run)
             continue

@@ -47,9 +47,14 @@ def upstream_sync(db):
     db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_unsynced" ON "ticket" ("company", "branch") WHERE "synced_at" IS NULL')
 
 
+def print_claims(db):
+    _add_column_if_missing(db, PrintJob, "claimed_by")
+
+
 STEPS = [
     initial_schema,
     print_queue,
     global_invoices,
     upstream_sync,
+    print_claims,
 ]

@@ -232,6 +232,9 @@ class PrintJob(BaseModel):
     next_attempt_at = DateTimeField()  # UTC
     created_at = DateTimeField()
     printed_at = DateTimeField(null=True)
+    # The agent process that claimed it (service.instance): after a crash only that
+    # process's claims are in doubt, not those of the others on the same database.
+    claimed_by = CharField(null=True, max_length=64)
 
     class Meta:
         indexes = ((("state", "next_attempt_at"), False), (("ticket",), False))

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from peewee import JOIN
 
+from agent.db import locked
 from agent.models import JOB_FAILED, JOB_PENDING, JOB_PRINTED, JOB_PRINTING, PUSH_SYNCED, PrintJob, Receipt, Ticket
 from agent.writer import Writer
 from printer.worker import JobOutcome
@@ -51,8 +52,9 @@ def insert_jobs(jobs: Sequence[tuple[int, str, str, datetime]], now: datetime) -
 
 
 class PrintQueue:
-    def __init__(self, writer: Writer):
+    def __init__(self, writer: Writer, presence):
         self.writer = writer
+        self.presence = presence  # agent.db: this process, and which others are alive
 
     def enqueue(self, ticket_id: int, printer: str = "", reason: str = "reprint", now: datetime | None = None) -> None:
         from agent.store import utcnow
@@ -63,17 +65,23 @@ class PrintQueue:
         # The worker asks every second; a read first keeps an idle agent from writing
         # (and fsyncing) once a second for nothing.
         due = PrintJob.select().where((PrintJob.state == JOB_PENDING) & (PrintJob.next_attempt_at <= now)).exists()
-        return self.writer.submit(_claim, (now, limit)) if due else []
+        return self.writer.submit(_claim, (now, limit, self.presence.instance)) if due else []
 
     def finish(self, outcomes: Sequence[JobOutcome]) -> None:
         if outcomes:
             self.writer.submit(_finish, tuple(outcomes))
 
     def recover_interrupted(self) -> int:
-        """At start-up: the job each printer was sending when the agent crashed becomes
-        FAILED (at most one slip); the jobs claimed with it that never left are due
-        again. Returns how many failed."""
-        return self.writer.submit(_recover, None)
+        """The claims of agent processes that are gone (this one's before a crash, or
+        another's on the same PostgreSQL database): the job each of their printers was
+        sending becomes FAILED (at most one slip); the jobs claimed with it that never
+        left are due again. Returns how many failed."""
+        claimers = [
+            claimer
+            for (claimer,) in PrintJob.select(PrintJob.claimed_by).where(PrintJob.state == JOB_PRINTING).distinct().tuples()
+        ]
+        gone = tuple(claimer for claimer in claimers if claimer is None or not self.presence.alive(claimer))
+        return self.writer.submit(_recover, gone) if gone else 0
 
 
 def _enqueue(batch):
@@ -84,25 +92,37 @@ def _enqueue(batch):
 
 def _claim(batch):
     results = []
-    for now, limit in batch:
-        rows = list(
+    for now, limit, instance in batch:
+        # Skipping jobs another agent process on the same database is claiming: each
+        # job goes to exactly one print worker.
+        ids = [
+            job_id
+            for (job_id,) in locked(
+                PrintJob.select(PrintJob.id)
+                .where((PrintJob.state == JOB_PENDING) & (PrintJob.next_attempt_at <= now))
+                .order_by(PrintJob.next_attempt_at, PrintJob.id)
+                .limit(limit),
+                skip_locked=True,
+            ).tuples()
+        ]
+        if not ids:
+            results.append([])
+            continue
+        PrintJob.update(state=JOB_PRINTING, attempts=PrintJob.attempts + 1, claimed_by=instance).where(
+            PrintJob.id.in_(ids)
+        ).execute()
+        rows = (
             PrintJob.select(
                 PrintJob.id, PrintJob.attempts, PrintJob.printer, PrintJob.reason, PrintJob.created_at,
                 Ticket.company, Ticket.branch, Ticket.number, Ticket.sold_at, Ticket.total, Receipt.self_invoice_url,
             )
             .join(Ticket, on=(PrintJob.ticket == Ticket.id))
             .join(Receipt, JOIN.LEFT_OUTER, on=((Receipt.ticket == Ticket.id) & (Receipt.state == PUSH_SYNCED)))
-            .where((PrintJob.state == JOB_PENDING) & (PrintJob.next_attempt_at <= now))
+            .where(PrintJob.id.in_(ids))
             .order_by(PrintJob.next_attempt_at, PrintJob.id)
-            .limit(limit)
             .tuples()
         )  # fmt: skip
-        ids = [row[0] for row in rows]
-        if ids:
-            PrintJob.update(state=JOB_PRINTING, attempts=PrintJob.attempts + 1).where(
-                (PrintJob.id.in_(ids)) & (PrintJob.state == JOB_PENDING)
-            ).execute()
-        results.append([DueJob(*row[:1], row[1] + 1, *row[2:]) for row in rows])
+        results.append([DueJob(*row) for row in rows])
     return results
 
 
@@ -127,23 +147,31 @@ def _recover(batch):
     # PRINTING only the first of each printer may have reached it. Grouped by company,
     # branch and printer name: two names for one printer only make the recovery fail one
     # more.
+    gone = [claimer for claimers in batch for claimer in claimers]
+    owner = PrintJob.claimed_by.is_null() if None in gone else False
+    if [claimer for claimer in gone if claimer is not None]:
+        owner = owner | PrintJob.claimed_by.in_([claimer for claimer in gone if claimer is not None])
     claimed = (
-        PrintJob.select(PrintJob.id, Ticket.company, Ticket.branch, PrintJob.printer)
+        PrintJob.select(PrintJob.id, PrintJob.claimed_by, Ticket.company, Ticket.branch, PrintJob.printer)
         .join(Ticket, on=(PrintJob.ticket == Ticket.id))
-        .where(PrintJob.state == JOB_PRINTING)
+        .where((PrintJob.state == JOB_PRINTING) & owner)
         .order_by(PrintJob.next_attempt_at, PrintJob.id)
         .tuples()
     )
-    in_flight: dict[tuple[str, str, str], int] = {}
+    in_flight: dict[tuple, int] = {}
     never_sent = []
     for job_id, *printer in claimed:
         if in_flight.setdefault(tuple(printer), job_id) != job_id:
             never_sent.append(job_id)
     count = 0
     for chunk in _chunks(list(in_flight.values())):
-        count += PrintJob.update(state=JOB_FAILED, last_error=INTERRUPTED).where(PrintJob.id.in_(chunk)).execute()
+        count += PrintJob.update(state=JOB_FAILED, last_error=INTERRUPTED).where(
+            PrintJob.id.in_(chunk) & (PrintJob.state == JOB_PRINTING)
+        ).execute()
     for chunk in _chunks(never_sent):  # that try did not happen
-        PrintJob.update(state=JOB_PENDING, attempts=PrintJob.attempts - 1).where(PrintJob.id.in_(chunk)).execute()
+        PrintJob.update(state=JOB_PENDING, attempts=PrintJob.attempts - 1).where(
+            PrintJob.id.in_(chunk) & (PrintJob.state == JOB_PRINTING)
+        ).execute()
     return [count] + [0] * (len(batch) - 1)
 
 

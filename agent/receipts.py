@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 from peewee import fn
 
+from agent.db import locked
 from agent.models import (
     EXPIRED,
     JOB_PENDING,
@@ -221,12 +222,16 @@ class Receipts:
 def _claim(batch):
     results = []
     for companies, now, limit in batch:
+        # Skipping the rows another agent process is claiming (or replacing) right now:
+        # each ticket gets one outbox row, however many pushers share the database.
         rows = list(
-            Ticket.select(Ticket.id, Ticket.company, Ticket.branch, Ticket.number)
-            .where(Ticket.synced_at.is_null() & Ticket.company.in_(list(companies)))
-            .order_by(Ticket.id)
-            .limit(limit)
-            .tuples()
+            locked(
+                Ticket.select(Ticket.id, Ticket.company, Ticket.branch, Ticket.number)
+                .where(Ticket.synced_at.is_null() & Ticket.company.in_(list(companies)))
+                .order_by(Ticket.id)
+                .limit(limit),
+                skip_locked=True,
+            ).tuples()
         )
         if rows:
             ids = [row[0] for row in rows]

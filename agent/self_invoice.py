@@ -26,6 +26,7 @@ from typing import Callable
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from agent.db import locked
 from agent.insumo import InsumoError, parse_insumo
 from agent.models import EXPIRED, IN_GLOBAL, INVOICED, STORED, Ticket
 from agent.periods import self_invoice_deadline
@@ -398,7 +399,7 @@ def _record_if_open(batch):
     and still the ticket the CFDI was built from. Checked and written in one transaction."""
     results = []
     for ticket_id, version, record, files in batch:
-        ticket = Ticket.get_by_id(ticket_id)
+        ticket = locked(Ticket.select().where(Ticket.id == ticket_id)).get()
         if ticket.status != STORED or ticket.cfdi_id is not None or ticket.global_invoice is not None:
             results.append(TicketConflict.of(ticket, "invoice"))
         elif ticket.version != version:

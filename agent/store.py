@@ -31,7 +31,8 @@ from agent.models import (
     TicketCfdi,
     TicketEvent,
 )
-from agent.writer import Writer
+from agent.db import locked
+from agent.writer import Conflict, Writer
 
 
 def utcnow() -> datetime:
@@ -176,7 +177,7 @@ class Store:
         if branch is not None:
             query = query.where(Ticket.branch == branch)
         current = None
-        for ticket_number, ticket_branch, *values in self.db.execute_sql(*query.sql()):
+        for ticket_number, ticket_branch, *values in self.db.stream(*query.sql()):
             if current is None or values[0] != current.id:
                 current = Cfdi(**{field.name: field.python_value(value) for field, value in zip(fields, values)})
             yield ticket_number, ticket_branch, current
@@ -237,21 +238,27 @@ _TABLE = Ticket._meta.table_name
 
 
 @lru_cache(maxsize=128)
-def _insert_sql(rows: int, returning: bool) -> str:
-    one = "(" + ", ".join("?" for _ in _INSERT_FIELDS) + ")"
+def _insert_sql(rows: int, returning: bool, param: str) -> str:
+    one = "(" + ", ".join(param for _ in _INSERT_FIELDS) + ")"
     columns = ", ".join(f'"{field.column_name}"' for field in _INSERT_FIELDS)
-    sql = f'INSERT INTO "{_TABLE}" ({columns}) VALUES ' + ", ".join([one] * rows)
+    # DO NOTHING: the same ticket inserted a moment ago by another agent process on the
+    # same PostgreSQL database is not an error but a Conflict (fewer rows than sent),
+    # and the group runs again, finding that ticket stored.
+    sql = f'INSERT INTO "{_TABLE}" ({columns}) VALUES ' + ", ".join([one] * rows) + " ON CONFLICT DO NOTHING"
     # The new ids are only read back when slips must be queued for them: every row
     # returned is one more step of SQLite, and with it one more wait for the GIL.
     return sql + ' RETURNING "id", "company", "branch", "number"' if returning else sql
 
 
 @lru_cache(maxsize=64)
-def _lookup_sql(numbers: int) -> str:
-    marks = ", ".join("?" for _ in range(numbers))
+def _lookup_sql(numbers: int, param: str, lock: bool) -> str:
+    marks = ", ".join(param for _ in range(numbers))
+    # Locked (PostgreSQL) until the commit: a replacement decided on what was read here
+    # cannot race the receipt pusher marking the same ticket synced in another process.
     return (
         'SELECT "number", "id", "status", "synced_at", "body_hash", "total", "cfdi_id" '
-        f'FROM "{_TABLE}" WHERE "company" = ? AND "branch" = ? AND "number" IN ({marks})'
+        f'FROM "{_TABLE}" WHERE "company" = {param} AND "branch" = {param} AND "number" IN ({marks})'
+        + (" FOR UPDATE" if lock else "")
     )
 
 
@@ -273,7 +280,7 @@ def _existing(db, batch: Sequence[NewTicket]) -> dict[tuple, _Current]:
     for (company, branch), wanted in numbers.items():
         wanted = sorted(wanted)
         for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
-            cursor = db.execute_sql(_lookup_sql(len(chunk)), (company, branch, *chunk))
+            cursor = db.execute_sql(_lookup_sql(len(chunk), db.param, db.kind == "postgresql"), (company, branch, *chunk))
             for number, ticket_id, status, synced_at, body_hash, total, cfdi_id in cursor:
                 found[(company, branch, number)] = _Current(
                     ticket_id, status, synced_at is not None, body_hash, Ticket.total.python_value(total), cfdi_id
@@ -335,11 +342,15 @@ def _put_tickets(batch: Sequence[NewTicket]) -> list:
     for chunk in (rows[i : i + 400] for i in range(0, len(rows), 400)):
         params = [field.db_value(row[field.name]) for row in chunk for field in _INSERT_FIELDS]
         printing = any(printers[(row["company"], row["branch"], row["number"])].printer is not None for row in chunk)
-        cursor = db.execute_sql(_insert_sql(len(chunk), printing), params)
+        cursor = db.execute_sql(_insert_sql(len(chunk), printing, db.param), params)
+        inserted = 0
         for ticket_id, company, branch, number in cursor if printing else ():
+            inserted += 1
             item = printers[(company, branch, number)]
             if item.printer is not None:
                 jobs.append((ticket_id, item.printer, "sale", _print_at(item, now)))
+        if (inserted if printing else cursor.rowcount) != len(chunk):
+            raise Conflict("a ticket of this group was stored meanwhile by another agent process")
     insert_jobs(jobs, now)  # in the same transaction: a stored ticket always has its slip
     return results
 
@@ -380,11 +391,9 @@ def _expire_tickets(batch: Sequence[tuple]) -> list:
     now = utcnow()
     results: list = []
     for company, branch, number, reason in batch:
-        ticket = (
-            Ticket.select()
-            .where((Ticket.company == company) & (Ticket.branch == branch) & (Ticket.number == number))
-            .first()
-        )
+        ticket = locked(
+            Ticket.select().where((Ticket.company == company) & (Ticket.branch == branch) & (Ticket.number == number))
+        ).first()
         if ticket is None:
             results.append(TicketNotFound(company, branch, number))
         elif ticket.status in (EXPIRED, IN_GLOBAL):
@@ -424,7 +433,11 @@ def _record_cfdis(batch: Sequence[tuple]) -> list:
     for cfdi, ticket_ids, (xml_file, pdf_file) in batch:
         ids = sorted(set(ticket_ids))
         columns = (Ticket.id, Ticket.company, Ticket.cfdi)
-        tickets = [t for chunk in _chunks(ids) for t in Ticket.select(*columns).where(Ticket.id.in_(chunk)).tuples()]
+        tickets = [
+            t
+            for chunk in _chunks(ids)
+            for t in locked(Ticket.select(*columns).where(Ticket.id.in_(chunk)).order_by(Ticket.id)).tuples()
+        ]
         if len(tickets) != len(ids) or any(company != cfdi.company for _, company, _ in tickets):
             results.append(ValueError("a CFDI must cover existing tickets of its own company"))
             continue
@@ -458,7 +471,7 @@ def _record_cancellations(batch: Sequence[tuple]) -> list:
     now = utcnow()
     results: list = []
     for cfdi_id, motive, substitute, cancelled_at in batch:
-        cfdi = Cfdi.get_or_none(Cfdi.id == cfdi_id)
+        cfdi = locked(Cfdi.select().where(Cfdi.id == cfdi_id)).first()
         if cfdi is None:
             results.append(CfdiNotFound(cfdi_id))
             continue

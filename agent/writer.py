@@ -29,6 +29,17 @@ class StorageUnavailable(RuntimeError):
     """The change could not be made durable (disk full, read-only, I/O error, stopped)."""
 
 
+class Conflict(Exception):
+    """Raised by a batch op when a row it read changed before its write (another agent
+    process on the same PostgreSQL database got there first): the op runs again, reading
+    afresh. SQLite never raises it: its transactions take the write lock first."""
+
+
+# Times an op is run again after a Conflict, a unique key another process inserted first,
+# or a PostgreSQL deadlock or lock timeout, before its caller hears the database is busy.
+RETRIES = 8
+
+
 class _Slot:
     __slots__ = ("op", "payload", "result", "done", "abandoned", "wake")
 
@@ -135,15 +146,22 @@ class Writer:
             slot.done = True
 
     def _apply(self, op: BatchOp, payloads: list[Any]) -> list[Any]:
-        try:
-            with self.db.atomic():  # savepoint: a failing batch leaves no partial rows
-                return _checked(op(payloads), payloads)
-        except Exception as exc:
-            if _is_storage_failure(exc):
-                raise
-            if len(payloads) == 1:
-                log.exception("write refused")
-                return [exc]
+        for attempt in range(RETRIES + 1):
+            try:
+                with self.db.atomic():  # savepoint: a failing batch leaves no partial rows
+                    return _checked(op(payloads), payloads)
+            except Exception as exc:
+                if _is_storage_failure(exc):
+                    raise
+                if _is_contention(exc):
+                    if attempt < RETRIES:
+                        continue  # rolled back to the savepoint: read afresh and try again
+                    log.warning("gave up a write after %d tries: %s", RETRIES + 1, exc)
+                    return [StorageUnavailable(f"the database stayed busy: {exc}")] * len(payloads)
+                if len(payloads) == 1:
+                    log.exception("write refused")
+                    return [exc]
+                break
         # One payload broke the batch; retry one by one so the others still get stored.
         return [result for payload in payloads for result in self._apply(op, [payload])]
 
@@ -166,9 +184,50 @@ def _first_cause(exc: BaseException) -> str:
 
 
 def _is_storage_failure(exc: Exception) -> bool:
-    # Disk full, read-only file, I/O error: retrying payload by payload cannot help.
+    # Disk full, read-only file, I/O error, the server gone: retrying payload by payload
+    # cannot help.
+    driver = driver_error(exc)
+    if driver is not None and type(driver).__module__.startswith("psycopg"):
+        state = getattr(driver, "sqlstate", None)
+        if state is None:  # no answer from the server at all: the connection is gone
+            return type(driver).__name__ in ("OperationalError", "InterfaceError")
+        # Connection lost (08), out of space or memory (53), shut down or cancelled
+        # (57), system I/O error (58), a read-only server (25006).
+        return state[:2] in ("08", "53", "57", "58") or state == "25006"
     text = str(exc).lower()
     return any(
         marker in text
         for marker in ("disk is full", "database or disk is full", "readonly", "read-only", "disk i/o error")
     )
+
+
+def _is_contention(exc: Exception) -> bool:
+    """Another writer got there first: the op read rows that changed (Conflict), inserted
+    a key another process inserted first (unique violation), or waited on another's
+    locks in vain (PostgreSQL deadlock, lock timeout, serialization failure)."""
+    if isinstance(exc, Conflict):
+        return True
+    state = sqlstate(exc)
+    return state in ("23505", "40P01", "40001", "55P03")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """PostgreSQL's error code; None for SQLite's errors, which have none."""
+    driver = driver_error(exc)
+    return getattr(driver, "sqlstate", None) if driver is not None else None
+
+
+def driver_error(exc: BaseException) -> BaseException | None:
+    """The database driver's own exception that peewee wrapped, or that started it."""
+    seen: set[int] = set()
+    stack: list = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current).__module__.split(".")[0] in ("psycopg", "psycopg2", "sqlite3"):
+            return current
+        stack.extend([current.__cause__, current.__context__])
+        stack.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+    return None

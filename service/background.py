@@ -9,7 +9,7 @@ from functools import partial
 from agent.app import Agent
 from agent.slips import render_job
 from printer.worker import PrintWorker
-from service.scheduler import Scheduler
+from service.scheduler import Lease, Scheduler
 from sync.cloud_global import CloudGlobal
 from sync.cloud_invoices import CloudInvoices
 from sync.expiry import expire_overdue
@@ -21,6 +21,7 @@ from sync.signing import Signers
 # period's close, so five minutes after the close is plenty and costs nothing.
 EXPIRE_EVERY = 60
 GLOBAL_EVERY = 300
+PRINT_CLAIMS_EVERY = 30
 
 
 class SyncKeyError(ValueError):
@@ -75,7 +76,13 @@ class Background:
         }
         if self.sync.clients:
             jobs["sync-poll"] = (self.sync.invoices.run_once, agent.config.upstream.poll_every)
-        self.scheduler = Scheduler(agent.data_dir, jobs)
+        lock = None
+        if agent.presence.kind == "postgresql":
+            lock = Lease(agent.presence)
+            # A process that dies on a shared database leaves its print claims behind
+            # while the others go on: they are settled here, not only at a start-up.
+            jobs["print-claims"] = (agent.print_queue.recover_interrupted, PRINT_CLAIMS_EVERY)
+        self.scheduler = Scheduler(agent.data_dir, jobs, lock=lock)
 
     def check(self) -> None:
         """What must be right before the agent starts: each configured CSD (CsdError) and

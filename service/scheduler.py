@@ -6,7 +6,9 @@ what is due (overdue tickets, closed periods with tickets waiting, failed runs w
 retry time came), so a run missed while the agent was off, or a clock that jumped, is
 simply caught up by the next sweep, and a sweep that runs twice finds nothing left to do.
 
-Only one agent process on a data directory runs them: a lock file decides which.
+Only one agent process runs them at a time: a lock file in the data directory decides
+which, or, for agents sharing a PostgreSQL database, a lease (an advisory lock the server
+drops when its holder dies). The others check every few seconds whether to take over.
 
 APScheduler times its jobs by the wall clock. A clock set back an hour would leave every
 sweep waiting that extra hour (a day forward is harmless: the missed runs coalesce into
@@ -35,6 +37,9 @@ except ImportError:  # Windows: the same exclusive, non-blocking lock through ms
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "scheduler.lock"
+# Seconds between two checks, by a process not running the sweeps, of whether the one
+# that did is gone: how long the sweeps may go without a holder after it dies.
+TAKE_OVER_EVERY = 10
 CLOCK_CHECK_EVERY = 30.0
 # More disagreement than this between the wall clock and the time that passed is a jump
 # (an NTP slew moves the clock by milliseconds a second, never seconds).
@@ -81,6 +86,34 @@ class JobLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def verify(self) -> bool:
+        return True  # nothing takes a file lock away while the process lives
+
+
+class Lease:
+    """The same, for agents sharing a PostgreSQL database: a named lease on the process's
+    own connection to the server (agent.db.PgPresence)."""
+
+    def __init__(self, presence, name: str = "scheduler"):
+        self.presence = presence
+        self.name = name
+        self.path = f"the lease {name!r} on the database"
+
+    def acquire(self) -> bool:
+        return self.held or self.presence.try_lease(self.name)
+
+    def release(self) -> None:
+        self.presence.release(self.name)
+
+    @property
+    def held(self) -> bool:
+        return self.presence.holds(self.name)
+
+    def verify(self) -> bool:
+        """Before each sweep: a lease lost with the connection (a server restart) may be
+        another process's by now."""
+        return self.presence.still_holds(self.name)
+
 
 # On Windows the lock covers one byte far past the pid the file holds, so writing the pid
 # is not blocked by the lock itself. The OS drops either lock when the process dies.
@@ -106,10 +139,12 @@ def _unlock(fd: int) -> None:
 
 class Scheduler:
     def __init__(self, data_dir: Path, jobs: dict[str, tuple[Callable[[], object], int]], *,
-                 clock: Callable[[], datetime] = _utcnow, clock_check_every: float = CLOCK_CHECK_EVERY):
+                 clock: Callable[[], datetime] = _utcnow, clock_check_every: float = CLOCK_CHECK_EVERY,
+                 lock: JobLock | Lease | None = None, take_over_every: float = TAKE_OVER_EVERY):  # fmt: skip
         """jobs: name -> (function, seconds between sweeps)."""
         self.jobs = jobs
-        self.lock = JobLock(data_dir)
+        self.lock = lock or JobLock(data_dir)
+        self.take_over_every = take_over_every
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         self.last_run: dict[str, datetime] = {}
         self.last_error: dict[str, str] = {}
@@ -123,14 +158,23 @@ class Scheduler:
         self._scheduler.start()
         self._watch.start()
         if not self._take_jobs():
-            log.warning("another agent process holds %s: it runs the scheduled jobs; this one checks "
-                        "every minute whether to take over", self.lock.path)
-            self._scheduler.add_job(self._take_jobs, "interval", seconds=60, id="take-over",
-                                    max_instances=1, coalesce=True)
+            self._wait_for_turn()
+
+    def _wait_for_turn(self) -> None:
+        log.warning("another agent process holds %s: it runs the scheduled jobs; this one checks "
+                    "every %g seconds whether to take over", self.lock.path, self.take_over_every)
+        self._scheduler.add_job(self._take_jobs, "interval", seconds=self.take_over_every, id="take-over",
+                                max_instances=1, coalesce=True)
 
     def _take_jobs(self) -> bool:
-        if not self.lock.acquire():
+        try:
+            taken = self.lock.acquire()
+        except Exception:  # noqa: BLE001 - the database is unreachable: try again later
+            log.exception("cannot tell whether to run the scheduled jobs")
             return False
+        if not taken:
+            return False
+        log.info("this agent process runs the scheduled jobs (%s)", self.lock.path)
         if self._scheduler.get_job("take-over"):
             self._scheduler.remove_job("take-over")
         now = self.clock()
@@ -142,6 +186,9 @@ class Scheduler:
 
     def _runner(self, name: str, function: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
+            if not self.lock.verify():
+                self._give_up_jobs()
+                return
             started = time.monotonic()
             try:
                 function()
@@ -155,6 +202,17 @@ class Scheduler:
             self.last_run[name] = datetime.now(timezone.utc)
 
         return run
+
+    def _give_up_jobs(self) -> None:
+        """The lease was lost (the connection that held it dropped): stop the sweeps here
+        and, like any other process, wait to take it again."""
+        if self._scheduler.get_job("take-over"):
+            return
+        log.error("lost %s (the database connection dropped); the scheduled jobs stop here", self.lock.path)
+        for name in self.jobs:
+            if self._scheduler.get_job(name):
+                self._scheduler.remove_job(name)
+        self._wait_for_turn()
 
     def _watch_clock(self) -> None:
         wall, mono = self.clock(), time.monotonic()

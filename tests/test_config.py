@@ -557,8 +557,10 @@ def tables(model=Config, prefix=""):
 def test_settings_walk_sees_all_models():
     # guards the walkers above: if a model is added they must find it
     assert {"server.listen", "upstream.kind", "companies.key", "companies.branches.timezone"} <= set(settings())
-    assert tables() == ["server", "upstream", "companies", "companies.csd", "companies.facturapi", "companies.branches"]
-    assert len(settings()) == len(ServerConfig.model_fields) + len(UpstreamConfig.model_fields) + (
+    assert tables() == [
+        "server", "upstream", "database", "companies", "companies.csd", "companies.facturapi", "companies.branches"
+    ]
+    assert len(settings()) == len(ServerConfig.model_fields) + len(UpstreamConfig.model_fields) + 1 + (
         len(CompanyConfig.model_fields) - 3
     ) + len(BranchConfig.model_fields) + len(CsdConfig.model_fields) + len(FacturapiConfig.model_fields)
 
@@ -616,7 +618,7 @@ def test_starter_config_has_every_key_with_a_comment():
 # --------------------------------------------------------------------------
 # docs can't rot
 
-SETTING_MENTION = re.compile(r"\b(?:server|upstream|companies)(?:\.[a-z_]+)+")
+SETTING_MENTION = re.compile(r"\b(?:server|upstream|database|companies)(?:\.[a-z_]+)+")
 
 
 def test_docs_describe_every_setting():
@@ -653,3 +655,36 @@ def test_docs_error_example_is_what_the_agent_prints(tmp_path):
     err = config_error_from(lambda: load_config(path, env={}))
     shown = str(err).replace(str(path), "/etc/ticket-agent/config.toml")
     assert shown + "\n" == _doc_block("error-example-output")
+
+
+# --------------------------------------------------------------------------
+# [database]
+
+
+def test_database_defaults_to_the_sqlite_file(tmp_path):
+    cfg = load_config(write(tmp_path, FULL), env={})
+    assert cfg.database.url == "" and not cfg.database.is_postgresql and cfg.database.shown == "SQLite"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://agent@db.example.com:5432/tickets",
+    "postgres://agent:secret@10.0.0.5/tickets?sslmode=require",
+    "postgresql:///tickets?host=/var/run/postgresql",
+])  # fmt: skip
+def test_database_url_on_postgresql(tmp_path, url):
+    cfg = load_config(write(tmp_path, FULL + f'\n[database]\nurl = "{url}"\n'), env={})
+    assert cfg.database.url == url and cfg.database.is_postgresql
+    assert "secret" not in cfg.database.shown
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("mysql://agent:secret@db/tickets", "is not a postgresql:// address"),
+    ("postgresql://agent:secret@db.example.com:54x2/tickets", "has a port that is not a number"),
+    ("postgresql://agent:secret@/tickets", "names no host"),
+    ("postgresql://agent:secret@db.example.com:5432", "names no database after the host"),
+])  # fmt: skip
+def test_a_wrong_database_url_is_named_without_its_password(tmp_path, url, problem):
+    err = config_error(tmp_path, FULL + f'\n[database]\nurl = "{url}"\n')
+    [line] = err.problems
+    assert line.startswith("database.url: ") and problem in line
+    assert "secret" not in str(err) and "***" in line

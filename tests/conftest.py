@@ -19,9 +19,26 @@ def runner():
     return CliRunner(env={DEFAULT_CONFIG_ENV: None})
 
 
+def pytest_generate_tests(metafunc):
+    # A module marked both_databases runs each of its tests on SQLite and on PostgreSQL.
+    if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def config_path(tmp_path):
-    return write_config(tmp_path)
+def database_url(request):
+    """"" for the SQLite file in the test's data directory, else the address of an empty
+    PostgreSQL database (tests/postgres.py)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return ""
+    import postgres
+
+    return postgres.fresh_url()
+
+
+@pytest.fixture
+def config_path(tmp_path, database_url):
+    return write_config(tmp_path, database_url=database_url)
 
 
 @pytest.fixture
@@ -63,13 +80,13 @@ def facturapi():
 
 
 @pytest.fixture
-def cloud(tmp_path, facturapi):
+def cloud(tmp_path, facturapi, database_url):
     """Company A on Facturapi (the fake), company B on the sandbox: the agent and its
     sync parts, without background threads; tests run the rounds themselves."""
     from helpers import write_config
     from service.background import Sync
 
-    config = load_config(write_config(tmp_path, facturapi_url=facturapi.url))
+    config = load_config(write_config(tmp_path, facturapi_url=facturapi.url, database_url=database_url))
     app = create_app(config)
     app.config["TESTING"] = True
     agent = app.config["AGENT"]

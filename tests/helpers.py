@@ -30,6 +30,9 @@ max_body_kb = {max_body_kb}
 [upstream]
 kind = "sandbox"
 {upstream_extra}
+[database]
+url = "{database_url}"
+
 [[companies]]
 key = "{key_a}"
 username = "tepox"
@@ -83,9 +86,10 @@ FACTURAPI_KEY_A = "sk_test_companyA0000000000000000"
 
 
 def write_config(directory: Path, *, port: int = 8572, max_body_kb: int = 256, facturapi_url: str | None = None,
-                 qr_wait: float = 0) -> Path:  # fmt: skip
+                 qr_wait: float = 0, database_url: str = "") -> Path:  # fmt: skip
     """The test configuration; with `facturapi_url`, company A uses Facturapi there (its
-    key in a file beside the config), company B stays on the sandbox."""
+    key in a file beside the config), company B stays on the sandbox; with
+    `database_url`, the tickets are kept on that PostgreSQL database."""
     path = directory / "ticket-agent.toml"
     upstream_extra = company_a_extra = ""
     if facturapi_url:
@@ -99,6 +103,7 @@ def write_config(directory: Path, *, port: int = 8572, max_body_kb: int = 256, f
             port=port,
             data_dir=(directory / "data").as_posix(),
             max_body_kb=max_body_kb,
+            database_url=database_url,
             key_a=KEY_A,
             key_b=KEY_B,
             branch_a=BRANCH_A,

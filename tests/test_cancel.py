@@ -12,6 +12,8 @@ from helpers_cfdi import attach_customer_cfdi, attach_global_cfdi
 
 from sync.upstream import CANCEL_PENDING, CANCELLED, CancelResult, UpstreamError
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 
 def cancel(client, uuid, method="post", **params):
     return getattr(client, method)(f"/{KEY_A}/cfdis/cancelar/{uuid}", query_string=params, headers=AUTH_A)

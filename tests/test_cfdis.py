@@ -1,6 +1,8 @@
 """GET /{key}/cfdis: which CFDI came out of a ticket, in the contract's exact format."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import tracemalloc
 from datetime import datetime
@@ -9,6 +11,8 @@ from helpers import AUTH_A, BRANCH_A, BRANCH_A2, KEY_A, put_json, ticket_body
 from helpers_cfdi import attach_customer_cfdi, attach_global_cfdi
 
 from agent.models import Ticket
+
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
 
 URL = f"/{KEY_A}/cfdis"
 
@@ -164,7 +168,7 @@ def test_100000_rows_stream_without_holding_them_in_memory(client, store, agent)
     rows = [(KEY_A, BRANCH_A, f"N{i}", stamp, 1160000, 1000000, 0, 160000, 160000, 0, "01", "QA", "-", "-",
              "EXPIRADO", stamp, stamp, 1) for i in range(100_000)]
     with agent.db.atomic():
-        agent.db.cursor().executemany(f"INSERT INTO ticket ({columns}) VALUES ({', '.join('?' * 18)})", rows)
+        agent.db.cursor().executemany(f"INSERT INTO ticket ({columns}) VALUES ({', '.join([agent.db.param] * 18)})", rows)
     store_ticket(client, "seed")
     ids = [t.id for t in Ticket.select(Ticket.id).where(Ticket.status == "EXPIRADO")]
     from helpers_cfdi import PDF, XML, new_cfdi

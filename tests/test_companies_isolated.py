@@ -1,10 +1,14 @@
 """Two companies in one agent: a key, branch or credential of one never reaches the other."""
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from helpers import AUTH_A, AUTH_B, BRANCH_A, BRANCH_B, KEY_A, KEY_B, dumps, put_json, ticket_body
 from helpers_cfdi import attach_customer_cfdi
+
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
 
 
 def test_same_ticket_number_in_two_companies_are_two_tickets(client, store):

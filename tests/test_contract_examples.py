@@ -16,6 +16,8 @@ import socket
 import pytest
 from helpers import insumo_for, start_server, stop_server
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 PORT = 8572  # the demo defaults listen on 0.0.0.0:8572, like the contract's examples
 KEY = "b391655ac2242d85ddd36d37b482259b1b7dfc1c"
 BRANCH = "dsfhjkajslfd45646412"

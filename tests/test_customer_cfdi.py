@@ -31,6 +31,8 @@ from sync.customer_cfdi import CannotInvoice, Customer, CustomerInvoice, build_x
 from sync.sandbox import SANDBOX_LEYENDA
 from sync.sandbox_csd import sandbox_csd_files
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 pypdf = pytest.importorskip("pypdf")
 
 MEXICO = ZoneInfo("America/Mexico_City")

@@ -6,6 +6,8 @@ import pytest
 from helpers import AUTH_A, BRANCH_A, KEY_A, dumps, put_json, ticket_body
 from helpers_cfdi import attach_customer_cfdi, attach_global_cfdi
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 URL = f"/{KEY_A}/expired"
 
 

@@ -40,6 +40,8 @@ from sync.cfdi40 import (
 )
 from sync.csd import load_csd
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 NS = {"cfdi": "http://www.sat.gob.mx/cfd/4"}
 ISSUER = Issuer("EKU9003173C9", "ESCUELA KEMPER URGATE", "601")
 D = Decimal

@@ -21,6 +21,8 @@ from service.background import global_invoicing
 from sync.expiry import expire_overdue
 from sync.sandbox import is_sandbox_stamp
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 MEXICO = ZoneInfo("America/Mexico_City")
 NS = {"cfdi": "http://www.sat.gob.mx/cfd/4"}
 

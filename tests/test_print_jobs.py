@@ -11,6 +11,8 @@ from agent.models import JOB_FAILED, JOB_PENDING, JOB_PRINTED, JOB_PRINTING, Pri
 from agent.store import utcnow
 from printer.worker import JobOutcome
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 
 def jobs(store, number, branch=BRANCH_A):
     ticket = store.ticket(KEY_A, branch, number)
@@ -86,9 +88,19 @@ def test_a_failed_try_waits_for_its_retry_time(client, store, agent):
     assert job.last_error == "refused"
 
 
+def started_again(agent):
+    """A crash and a start-up, as the print queue sees them: the process that claimed the
+    jobs is gone, and this one has a new identity."""
+    from agent.db import presence
+
+    agent.presence.close()
+    agent.presence = agent.print_queue.presence = presence(agent.config.database.url, "after-the-crash")
+
+
 def test_a_job_cut_off_by_a_crash_is_not_printed_twice(client, store, agent):
     put_json(client, f"/{KEY_A}/tickets", ticket_body("P5"))
     agent.print_queue.claim_due(utcnow())  # ...and the agent dies before recording the outcome
+    started_again(agent)
     assert agent.print_queue.recover_interrupted() == 1
     [job] = jobs(store, "P5")
     assert job.state == JOB_FAILED

@@ -10,6 +10,8 @@ from helpers import AUTH_A, BRANCH_A, BRANCH_A2, KEY_A, dumps, insumo_for, put_j
 
 from agent.models import Ticket
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 URL = f"/{KEY_A}/tickets"
 
 

@@ -105,6 +105,9 @@ def database(agent, now: datetime) -> list[Check]:
         status, advice = OK, ""
     out.append(Check("disk", status, f"{human_bytes(free)} free on the data directory's disk{advice}"))
 
+    if agent.db.kind == "postgresql":
+        out.append(_postgresql_durability(agent))
+        return out
     wal = agent.data_dir / f"{DB_FILENAME}-wal"
     size = wal.stat().st_size if wal.exists() else 0
     if size > WAL_WARN_BYTES:
@@ -113,6 +116,21 @@ def database(agent, now: datetime) -> list[Check]:
     else:
         out.append(Check("wal", OK, f"write-ahead log {human_bytes(size)}"))
     return out
+
+
+def _postgresql_durability(agent) -> Check:
+    """A 200 promises the ticket is on disk: on PostgreSQL only while every commit waits
+    for the server's log to reach its disk, which the server's settings decide."""
+    try:
+        settings = {name: agent.db.execute_sql(f"SHOW {name}").fetchone()[0] for name in ("fsync", "synchronous_commit")}
+    except Exception as exc:  # noqa: BLE001 - the read check above reports the cause
+        return Check("wal", FAIL, f"cannot read the server's settings: {_describe(exc)}")
+    off = [f"{name} = {value}" for name, value in settings.items() if value == "off"]
+    where = f"PostgreSQL at {agent.config.database.shown}"
+    if off:
+        return Check("wal", WARN, f"{where}: {', '.join(off)}: a sale answered 200 may be lost if the server "
+                                  "crashes; set it back to on")
+    return Check("wal", OK, f"{where}: each commit waits for the server's log (fsync and synchronous_commit on)")
 
 
 # -- scheduler --------------------------------------------------------------------------

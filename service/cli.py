@@ -345,6 +345,10 @@ def backup(path, config_path, force, with_files):
     from service.backup import backup as make_backup
 
     config = _load(config_path)
+    if config.database.is_postgresql:
+        _fail(f"The tickets are on PostgreSQL ({config.database.shown}), not in a file this command can copy: back "
+              "them up with the server's own tools (pg_dump, or the server's backups), and copy the CFDI files of "
+              f"{config.data_dir_path / 'cfdi'} with them.", 2)
     try:
         result = make_backup(config.data_dir_path, Path(path), force=force, with_files=with_files)
     except BackupError as exc:

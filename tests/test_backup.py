@@ -178,3 +178,12 @@ def test_no_database_yet_is_a_clear_error(runner, tmp_path):
     result = run_backup(runner, config_path, tmp_path / "backup.db")
     assert result.exit_code == 1
     assert f"No database at {tmp_path / 'data' / 'tickets.db'}" in result.output
+
+
+def test_on_postgresql_the_backup_says_to_use_the_servers_tools(runner, tmp_path):
+    config_path = write_config(tmp_path, database_url="postgresql://agent:secret@db.example.com:5432/tickets")
+    result = run_backup(runner, config_path, tmp_path / "backup.db")
+    assert result.exit_code == 2
+    assert "The tickets are on PostgreSQL (postgresql://agent:***@db.example.com:5432/tickets)" in result.output
+    assert "pg_dump" in result.output and str(tmp_path / "data" / "cfdi") in result.output
+    assert not (tmp_path / "backup.db").exists()

@@ -5,6 +5,7 @@ company by RFC and a branch by id, and nothing secret ever appears in the answer
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -262,3 +263,20 @@ def test_status_starts_with_the_same_health_summary(config_path, monkeypatch):
     result = CliRunner(env={DEFAULT_CONFIG_ENV: None}).invoke(cli, ["status", "--config", str(config_path)])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == "health: fail: fail disk (details below and in GET /healthz)"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_on_postgresql_the_wal_check_is_the_servers_durability(client, agent, database_url):
+    assert put_json(client, f"/{KEY_A}/tickets", ticket_body("H9")).status_code == 200
+    code, body = healthz(client)
+    assert code == 200 and body["status"] == "ok"
+    [wal] = findings(body, "wal")
+    assert wal["status"] == "ok" and "fsync and synchronous_commit on" in wal["detail"]
+    password = urlsplit(database_url).password
+    assert f":{password}@" not in json.dumps(body)
+    # A server that acknowledges commits before they reach its disk breaks the 200's
+    # promise: said, on this connection's own setting.
+    agent.db.execute_sql("SET synchronous_commit = off")
+    code, body = healthz(client)
+    [wal] = findings(body, "wal")
+    assert wal["status"] == "warn" and "synchronous_commit = off" in wal["detail"]

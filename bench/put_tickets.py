@@ -214,13 +214,15 @@ end
 """
 
 
-def load_wrk(port: int, seconds: float, clients: int, prefix: str, workdir: Path) -> dict:
+def load_wrk(port: int, seconds: float, clients: int, prefix: str, workdir: Path,
+             wrk_threads: int | None = None) -> dict:
     script = workdir / f"put_{prefix}.lua"
     script.write_text(WRK_SCRIPT.format(auth=HEADERS["Authorization"], head=BODY_HEAD,
                                         tail=BODY_TAIL, prefix=prefix, ok_body=OK_BODY))
     # One wrk thread per CPU is enough to drive the connections; more would only steal CPU
-    # from the server under test, which shares this machine.
-    threads = max(1, min(clients, os.cpu_count() or 1))
+    # from the server under test, which shares this machine. (bench/put_postgres.py, which
+    # runs one wrk per agent process at once, shares the CPUs out through wrk_threads.)
+    threads = max(1, min(clients, wrk_threads or os.cpu_count() or 1))
     cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
            # A slow answer is a latency to measure, not an error to drop (default is 2 s).
            "--timeout", "10s", "-s", str(script), f"http://{HOST}:{port}{PATH}"]
@@ -322,14 +324,31 @@ def count_stored(data_dir: Path) -> tuple[int | None, str]:
 
 # --- one side -----------------------------------------------------------------------------
 
+def agent_config(port: int, data_dir: Path, threads: int) -> str:
+    """The throwaway agent configuration (bench/put_postgres.py appends a [database])."""
+    return CONFIG.format(host=HOST, port=port, data_dir=json.dumps(str(data_dir)),
+                         threads=threads, key=KEY, branch=BRANCH)
+
+
+def agent_cmd(config: Path) -> list[str]:
+    """`ticket-agent serve --config FILE`, from this checkout."""
+    return [sys.executable, "-m", "service.cli", "serve", "--config", str(config)]
+
+
+def spawn(cmd: list[str], logfile: Path) -> subprocess.Popen:
+    """Start a server in the repository, its output (both streams) to logfile."""
+    with open(logfile, "wb") as out:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+
 def run_side(name: str, args: argparse.Namespace, tmp: Path, load) -> dict:
     port = free_port()
     data_dir = tmp / "data"
     if name == "agent":
         config = tmp / "agent.toml"
-        config.write_text(CONFIG.format(host=HOST, port=port, data_dir=json.dumps(str(data_dir)),
-                                        threads=args.threads, key=KEY, branch=BRANCH))
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--config", str(config)]
+        config.write_text(agent_config(port, data_dir, args.threads))
+        cmd = agent_cmd(config)
     elif name == "floor":
         cmd = [sys.executable, str(FLOOR_APP), "--listen", f"{HOST}:{port}",
                "--threads", str(args.threads), "--file", str(tmp / "floor.log")]
@@ -337,9 +356,7 @@ def run_side(name: str, args: argparse.Namespace, tmp: Path, load) -> dict:
         cmd = [sys.executable, str(BARE_APP), "--listen", f"{HOST}:{port}",
                "--threads", str(args.threads)]
     logfile = tmp / f"{name}.log"
-    with open(logfile, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+    proc = spawn(cmd, logfile)
     acked = 0
     try:
         log(f"{name}: starting on {HOST}:{port}")
@@ -413,6 +430,19 @@ def report(args: argparse.Namespace, tool: str, results: dict, failures: dict) -
     return summary
 
 
+def choose_load(choice: str, clients: int):
+    """(description, load function) for --tool auto|wrk|python; BenchError without wrk."""
+    use_wrk = choice == "wrk" or (choice == "auto" and shutil.which("wrk"))
+    if use_wrk and not shutil.which("wrk"):
+        raise BenchError("wrk not found (apt-get install wrk), or use --tool python")
+    if use_wrk:
+        version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+        return f"wrk ({version.split()[1] if version else '?'})", load_wrk
+    if choice == "auto":
+        log("wrk not found, using the slower Python load generator (apt-get install wrk)")
+    return f"Python ({clients} processes, http.client keep-alive)", load_python
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="PUT /tickets benchmark: agent vs bare "
                                                  "Flask + waitress (127.0.0.1 only)")
@@ -426,17 +456,11 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
 
-    use_wrk = args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk"))
-    if use_wrk and not shutil.which("wrk"):
-        log("error: wrk not found (apt-get install wrk), or use --tool python")
+    try:
+        tool, load = choose_load(args.tool, args.clients)
+    except BenchError as exc:
+        log(f"error: {exc}")
         return 2
-    if use_wrk:
-        version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
-        tool, load = f"wrk ({version.split()[1] if version else '?'})", load_wrk
-    else:
-        tool, load = f"Python ({args.clients} processes, http.client keep-alive)", load_python
-        if args.tool == "auto":
-            log("wrk not found, using the slower Python load generator (apt-get install wrk)")
 
     results: dict = {}
     failures: dict = {}

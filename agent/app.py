@@ -19,7 +19,7 @@ from agent.global_runs import GlobalRuns
 from agent.logins import Logins
 from agent.print_queue import PrintQueue
 from agent.store import Store
-from agent.writer import StorageUnavailable, Writer
+from agent.writer import StorageUnavailable, Writer, is_storage_failure
 from agent.receipts import Receipts
 from sync.facturapi import FacturapiClient
 from sync.upstream import FacturapiUpstream, Upstream, make_upstream
@@ -163,5 +163,9 @@ def _register_error_texts(app: Flask, max_body_kb: int) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc):
+        if is_storage_failure(exc):
+            # A read on a connection the database server dropped: the next statement of
+            # this thread opens a new one (agent/db.py), so the POS should try again.
+            return storage_unavailable(exc)
         log.exception("unexpected error")
         return text_response(messages.INTERNAL, 500)

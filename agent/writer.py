@@ -151,7 +151,7 @@ class Writer:
                 with self.db.atomic():  # savepoint: a failing batch leaves no partial rows
                     return _checked(op(payloads), payloads)
             except Exception as exc:
-                if _is_storage_failure(exc):
+                if is_storage_failure(exc):
                     raise
                 if _is_contention(exc):
                     if attempt < RETRIES:
@@ -180,10 +180,10 @@ def _first_cause(exc: BaseException) -> str:
     first = exc
     while first.__context__ is not None and isinstance(first.__context__, Exception):
         first = first.__context__
-    return str(first) if first is exc or _is_storage_failure(first) else str(exc)
+    return str(first) if first is exc or is_storage_failure(first) else str(exc)
 
 
-def _is_storage_failure(exc: Exception) -> bool:
+def is_storage_failure(exc: Exception) -> bool:
     # Disk full, read-only file, I/O error, the server gone: retrying payload by payload
     # cannot help.
     driver = driver_error(exc)

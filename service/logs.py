@@ -200,20 +200,26 @@ class _Enqueue(logging.Handler):
         self._queue.put(record)
 
 
-def log_to_file(data_dir: Path) -> FileLog | None:
+def log_to_file(data_dir: Path, name: str = LOG_FILE) -> FileLog | None:
     """Also write the log to data_dir/logs/ticket-agent.log, rotated at 10 MB, 5 old files
     kept, through one writer thread. Only the `serve` process writes it (one writer per
-    file: rotation is not safe across processes). None, with a warning, if the folder
-    cannot be written: a log file is not worth refusing sales for."""
+    file: rotation is not safe across processes; agents sharing a PostgreSQL database and
+    its data directory each get a file of their own, `file_name_of`). None, with a
+    warning, if the folder cannot be written: a log file is not worth refusing sales for."""
     folder = Path(data_dir) / LOG_DIR
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-        handler = _RotatingFile(folder / LOG_FILE, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT, encoding="utf-8")
+        handler = _RotatingFile(folder / name, maxBytes=MAX_BYTES, backupCount=BACKUP_COUNT, encoding="utf-8")
     except OSError as exc:
         logging.getLogger("pos-ticket-agent").warning("cannot write the log file in %s: %s; logging to standard "
                                                       "error only", folder, exc.strerror or exc)
         return None
     return FileLog(handler)
+
+
+def file_name_of(host: str, port: int) -> str:
+    """The log file of one of several `serve` processes sharing a data directory."""
+    return f"ticket-agent-{re.sub(r'[^A-Za-z0-9_.-]', '_', host)}-{port}.log"
 
 
 _REQUESTS_IN_FILE = _NotRequestLines()

@@ -79,7 +79,10 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
         sock = _listening_socket(config.server.host, config.server.port)
     except OSError as exc:
         raise CannotListen(exc.errno, exc.strerror or str(exc)) from exc
-    log_file = logs.log_to_file(config.data_dir_path)
+    # Processes sharing a PostgreSQL database share the data directory too: one log file each.
+    shared = config.database.is_postgresql
+    log_file = logs.log_to_file(config.data_dir_path, logs.file_name_of(socket.gethostname(), config.server.port)
+                                if shared else logs.LOG_FILE)
     try:
         app = create_app(config)
     except (OSError, DatabaseError) as exc:

@@ -2,6 +2,7 @@
 printed once, whichever process's print worker takes it (FOR UPDATE SKIP LOCKED)."""
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,3 +63,6 @@ def test_each_slip_is_printed_by_exactly_one_of_three_processes(tmp_path, printe
             stop_server(server)
     for server in servers:
         assert server.returncode == 0, server.output.tail()
+    # The data directory is shared: each process rotates a log file of its own.
+    logs = sorted(p.name for p in (tmp_path / "data" / "logs").iterdir())
+    assert logs == sorted(f"ticket-agent-{socket.gethostname()}-{port}.log" for port in ports)

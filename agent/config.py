@@ -315,14 +315,13 @@ class DatabaseConfig(_Model):
         if parts.scheme not in ("postgresql", "postgres"):
             raise _problem(f"{_show(mask_password(v))} is not a postgresql:// address; {hint}")
         try:
-            port = parts.port
+            parts.port  # noqa: B018 - reading it is the check
         except ValueError:
             raise _problem(f"{_show(mask_password(v))} has a port that is not a number; {hint}") from None
         if not parts.hostname and "host=" not in parts.query:
             raise _problem(f"{_show(mask_password(v))} names no host; {hint}")
         if not parts.path.strip("/"):
             raise _problem(f"{_show(mask_password(v))} names no database after the host; {hint}")
-        del port
         return v
 
     @property

@@ -120,6 +120,9 @@ def serve(config: Config, announce: Callable[[str], None] | None = None) -> None
         )
         phase[0] = "serving"
         _serve_until(server, lambda: phase[0] != "serving")
+        # A stopping process does not take over the sweeps from one that died meanwhile:
+        # it would hold them only to hand them over again in a moment.
+        background.scheduler.stand_down()
         _drain(server, DRAIN_SECONDS)
     finally:
         phase[0] = "closing"

@@ -145,6 +145,7 @@ class Scheduler:
         self.jobs = jobs
         self.lock = lock or JobLock(data_dir)
         self.take_over_every = take_over_every
+        self._standing_down = False
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         self.last_run: dict[str, datetime] = {}
         self.last_error: dict[str, str] = {}
@@ -166,7 +167,13 @@ class Scheduler:
         self._scheduler.add_job(self._take_jobs, "interval", seconds=self.take_over_every, id="take-over",
                                 max_instances=1, coalesce=True)
 
+    def stand_down(self) -> None:
+        """The process is stopping: it no longer takes the jobs over from another."""
+        self._standing_down = True
+
     def _take_jobs(self) -> bool:
+        if self._standing_down:
+            return False
         try:
             taken = self.lock.acquire()
         except Exception:  # noqa: BLE001 - the database is unreachable: try again later

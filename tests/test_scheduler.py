@@ -42,7 +42,7 @@ def test_a_second_agent_on_the_same_data_dir_runs_nothing_until_the_first_stops(
         assert not second.running_jobs
         assert second_calls == []
         first.stop()
-        assert second._take_jobs()  # what its once-a-minute take-over check does
+        assert second._take_jobs()  # what its take-over check does every 10 s
         assert second_ran.wait(10)
     finally:
         first.stop()
@@ -63,3 +63,17 @@ def test_a_failing_job_is_recorded_and_the_scheduler_keeps_going(tmp_path):
     finally:
         scheduler.stop()
     assert scheduler.last_error == {"broken": "disk full"}
+
+
+def test_a_process_that_is_stopping_does_not_take_the_jobs_over(tmp_path):
+    first = Scheduler(tmp_path, {"sweep": (lambda: None, 3600)})
+    second = Scheduler(tmp_path, {"sweep": (lambda: None, 3600)})
+    first.start()
+    second.start()
+    try:
+        second.stand_down()  # SIGTERM: it finishes its requests...
+        first.stop()  # ...while the holder goes away
+        assert not second._take_jobs()  # what its take-over check does now
+        assert not second.lock.held
+    finally:
+        second.stop()

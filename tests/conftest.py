@@ -22,7 +22,9 @@ def runner():
 def pytest_generate_tests(metafunc):
     # A module marked both_databases runs each of its tests on SQLite and on PostgreSQL.
     if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
-        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+        chosen = any("database_url" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
+        if not chosen:  # a test that names its database itself keeps it
+            metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import pytest
 from helpers import AUTH_A, AUTH_B, KEY_A, KEY_B, put_json, ticket_body
 from helpers_cfdi import PDF, XML, attach_customer_cfdi
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 URL = f"/{KEY_A}/descargasCfdi"
 
 

@@ -12,6 +12,8 @@ next start keeps it. (Power-loss durability is what synchronous=FULL adds on top
 """
 from __future__ import annotations
 
+import pytest
+
 import http.client
 import json
 import os
@@ -33,6 +35,8 @@ from helpers import (
     ticket_body,
     write_config,
 )
+
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
 
 SAVED = "se guardo correctamente"
 TICKETS_URL = f"/{KEY_A}/tickets"

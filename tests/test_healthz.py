@@ -20,6 +20,8 @@ from agent.config import load_config
 from printer.worker import JobOutcome
 from service.scheduler import Scheduler
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 RFC_A, RFC_B = "EKU9003173C9", "XIA190128J61"
 
 

@@ -20,6 +20,8 @@ from agent.models import GlobalInvoice
 from service.background import global_invoicing
 from sync.expiry import expire_overdue
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 RFC_A, RFC_B = "EKU9003173C9", "XIA190128J61"
 TICKETS = "/<key>/tickets"
 

@@ -15,6 +15,8 @@ from helpers_cfdi import attach_customer_cfdi
 from agent.models import PrintJob
 from service.background import Background
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 MEXICO = ZoneInfo("America/Mexico_City")
 
 

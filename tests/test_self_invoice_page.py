@@ -20,6 +20,8 @@ from agent.config import load_config
 from agent.models import Cfdi
 from agent.self_invoice import CLOCK
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 MEXICO = ZoneInfo("America/Mexico_City")
 # Company A's QR opens the page with a signed URL; company B's carries the ticket's total.
 SECRET = "secreto-del-portal-de-pruebas"

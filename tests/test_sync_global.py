@@ -15,6 +15,8 @@ from agent.models import GLOBAL_CFDI, IN_GLOBAL, INVOICED, RUN_STAMPED, RUN_VOID
 from service.background import global_invoicing
 from sync.expiry import expire_overdue
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 MEXICO = ZoneInfo("America/Mexico_City")
 
 

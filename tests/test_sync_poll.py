@@ -2,12 +2,16 @@
 with its XML and PDF, so GET /cfdis and the downloads answer even offline."""
 from __future__ import annotations
 
+import pytest
+
 import json
 from lxml import etree
 
 from helpers import AUTH_A, BRANCH_A, FACTURAPI_KEY_A, KEY_A, put_json, ticket_body
 
 from agent.models import EXPIRED, INVOICED, Receipt
+
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
 
 
 def synced(cloud, *numbers, total="116.00"):

@@ -2,6 +2,8 @@
 outages, lost answers and rate limits, and the POS never waits for it."""
 from __future__ import annotations
 
+import pytest
+
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -9,6 +11,8 @@ from helpers import AUTH_A, AUTH_B, BRANCH_A, FACTURAPI_KEY_A, KEY_A, KEY_B, ins
 
 from agent.models import PUSH_PENDING, PUSH_STOPPED, PUSH_SYNCED, Receipt, Ticket
 from agent.receipts import idempotency_key
+
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
 
 
 def put(client, number, total="116.00", key=KEY_A, auth=AUTH_A, **extra):

@@ -17,6 +17,8 @@ from agent.slips import render_job
 from agent.store import utcnow
 from service.background import Sync
 
+pytestmark = pytest.mark.both_databases  # tests/postgres.py
+
 
 @pytest.fixture
 def waiting(tmp_path, facturapi):

@@ -142,8 +142,10 @@ def scheduler(agent, now: datetime) -> list[Check]:
         return [Check("scheduler", OK, "no background work in this process (a one-off command)")]
     sched = background.scheduler
     if not sched.running_jobs:
-        # Two agents on one data directory: the other one sweeps; this one takes over if it stops.
-        return [Check("scheduler", OK, "another agent process on this data directory holds the job lock and "
+        # Two agents on one data directory or one database: the other one sweeps; this one
+        # takes over if it stops.
+        where = "database" if agent.db.kind == "postgresql" else "data directory"
+        return [Check("scheduler", OK, f"another agent process on this {where} holds the job lock and "
                                        "runs the scheduled jobs; this one takes over if it stops")]
     out = []
     for name, (_function, every) in sched.jobs.items():

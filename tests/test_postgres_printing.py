@@ -58,6 +58,12 @@ def test_each_slip_is_printed_by_exactly_one_of_three_processes(tmp_path, printe
         assert len(jobs) <= len(slips) == TICKETS, f"{len(slips)} slips for {TICKETS} tickets"
         assert sorted(slips) == sorted(f"S{i}" for i in range(TICKETS))
         assert claimers >= 2, "one process printed everything: the test did not make them compete"
+        # One process runs the sweeps; the health pages of the other two say who does.
+        details = [[c["detail"] for c in requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()["checks"]
+                    if c["name"] == "scheduler"] for port in ports]  # fmt: skip
+        waiting = [d for d in details if d == ["another agent process on this database holds the job lock and runs "
+                                               "the scheduled jobs; this one takes over if it stops"]]  # fmt: skip
+        assert len(waiting) == 2, details
     finally:
         for server in servers:
             stop_server(server)

@@ -92,6 +92,9 @@ def setup(level: str | int = "INFO", stream=None) -> None:
         root.removeHandler(handler)
     root.addHandler(_ours(_BatchingStream(stream or sys.stderr)))
     root.setLevel(level)
+    # fpdf2's font subsetting (fontTools) tells at INFO about every table of every PDF:
+    # some 75 lines per global CFDI that bury the agent's own.
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
 class _NotRequestLines(logging.Filter):

@@ -161,3 +161,16 @@ def test_each_printed_slip_is_logged(tmp_path, caplog):
         worker.stop()
     assert [line for line in lines(caplog, name="printer.worker")] == [f"print job 7 printed on {folder}"]
     assert isinstance(Queue.outcomes[0].printed_at, datetime)
+
+
+def test_a_cfdi_pdf_adds_no_font_subsetting_lines_to_the_log(caplog):
+    from datetime import datetime
+
+    from sample_cfdi import global_cfdi
+    from sync.pdf import render_pdf
+    from sync.sandbox import stamp_sandbox
+
+    logs.setup("INFO")
+    caplog.set_level(logging.INFO)
+    render_pdf(stamp_sandbox(global_cfdi(), now=datetime(2026, 11, 20, 12, 0, 0)).xml)
+    assert [r for r in caplog.records if r.name.startswith("fontTools")] == []

@@ -199,6 +199,8 @@ def banner(config: Config, port: int) -> list[str]:
     shown = "localhost" if host in ("0.0.0.0", "::", "") else host
     url = f"http://{shown}:{port}"
     lines = [f"pos-ticket-agent listening on http://{host}:{port} (data in {config.data_dir_path})"]
+    if config.database.is_postgresql:
+        lines.append(f"tickets kept on PostgreSQL at {config.database.shown}")
     if config.is_demo:
         company = config.companies[0]
         branch = company.branches[0]

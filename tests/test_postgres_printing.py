@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -36,6 +37,8 @@ def test_each_slip_is_printed_by_exactly_one_of_three_processes(tmp_path, printe
             text = text.replace((folder / "data").as_posix(), (tmp_path / "data").as_posix())
             config.write_text(text, encoding="utf-8")
             servers.append(start_server(["--config", str(config)], folder, port))
+            # The banner names the database, never its password.
+            servers[-1].output.wait_for(f"tickets kept on PostgreSQL at postgresql://{urlsplit(url).username}:***@")
 
         def sell(i: int) -> int:
             port = ports[i % 3]

@@ -72,8 +72,9 @@ class _Sqlite(SqliteDatabase):
 class _Postgres(PostgresqlDatabase):
     """Several agent processes may write at once: each transaction of the writer is READ
     COMMITTED, and a change that depends on what it read either locks those rows first
-    (`locked`) or writes only if they are still as read (the `version` column, or the
-    state it expects), and is retried when they are not (agent/writer.py)."""
+    (`locked`) or writes only rows still in the state it expects (a guarded UPDATE); a
+    ticket another process inserted first, a deadlock or a lock timeout makes it run
+    again (agent/writer.py)."""
 
     kind = "postgresql"
 

@@ -49,6 +49,7 @@ def serve(config_path, log_level):
         CannotSync,
         setup_logging,
     )
+    from agent.config import mask_password
     from service.runner import serve as run_server
 
     config = _load(config_path)
@@ -59,7 +60,9 @@ def serve(config_path, log_level):
         click.echo(f"Cannot listen on {config.server.listen}: {exc.strerror or exc}", err=True)
         sys.exit(1)
     except CannotOpenStore as exc:
-        click.echo(f"Cannot open the data directory {config.data_dir_path}: {exc.strerror or exc}", err=True)
+        where = (f"the database at {config.database.shown}" if config.database.is_postgresql
+                 else f"the data directory {config.data_dir_path}")  # fmt: skip
+        click.echo(f"Cannot open {where}: {mask_password(str(exc.strerror or exc))}", err=True)
         sys.exit(1)
     except CannotSign as exc:
         click.echo(f"Cannot use a CSD: {exc}", err=True)

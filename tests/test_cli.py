@@ -343,6 +343,16 @@ def test_serve_port_taken_exits_1(tmp_path):
     assert "listening on" not in proc.stdout
 
 
+def test_serve_without_its_postgresql_server_exits_1_naming_it_without_the_password(tmp_path):
+    nobody = free_port()  # nothing listens there
+    path = write_config(tmp_path, port=free_port(), database_url=f"postgresql://agent:s3cret@127.0.0.1:{nobody}/tickets")
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--config", str(path)], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert f"Cannot open the database at postgresql://agent:***@127.0.0.1:{nobody}/tickets: " in proc.stderr
+    assert "s3cret" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
 @pytest.mark.skipif(os.name != "posix", reason="SIGTERM")
 def test_serve_prints_the_banner_and_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()

@@ -1038,7 +1038,9 @@ def main() -> int:
               f"{len(a_tickets)} company A tickets, {len(keys)} receipts in Facturapi, {len(dup_keys)} keys twice, "
               f"{len(keys_missing)} missing, {len(keys_extra)} unknown, {receipts_after['stopped']} stopped, "
               f"{len(customer_invoiced) - len(not_pulled)}/{len(customer_invoiced)} customer CFDIs in the agent, "
-              f"{len(fake_problems)} invalid requests")
+              f"{len(fake_problems)} invalid requests"
+              # What the fake refused, so that a refusal can be explained from the report.
+              + "".join(f"; refused: {method} {path}: {problem}" for method, path, problem in fake_problems[:3]))
     criterion("slips", not stuck and not given_up and not short_slips,
               f"{len(jobs)} jobs: {dict(job_states)}; {len(stuck)} stuck, {len(given_up)} given up, "
               f"{len(short_slips)} printed without a whole slip at the printer")

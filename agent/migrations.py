@@ -47,8 +47,12 @@ def upstream_sync(db):
     db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_unsynced" ON "ticket" ("company", "branch") WHERE "synced_at" IS NULL')
 
 
-def print_claims(db):
+def shared_database(db):
+    """What several agent processes on one PostgreSQL database need: who claimed a print
+    job, and room for the longest name SAT allows (SQLite never enforced a length)."""
     _add_column_if_missing(db, PrintJob, "claimed_by")
+    if db.kind == "postgresql":
+        db.execute_sql('ALTER TABLE "cfdi" ALTER COLUMN "receiver_name" TYPE TEXT')
 
 
 STEPS = [
@@ -56,5 +60,5 @@ STEPS = [
     print_queue,
     global_invoices,
     upstream_sync,
-    print_claims,
+    shared_database,
 ]

@@ -81,7 +81,7 @@ class Cfdi(BaseModel):
     folio = CharField(default="")
     issued_at = DateTimeField()  # the CFDI's Fecha, branch local time
     receiver_rfc = CharField()
-    receiver_name = CharField()
+    receiver_name = TextField()  # SAT allows 300 characters; a CharField is 255 on PostgreSQL
     subtotal = MoneyField()
     discount = MoneyField(default=0)
     total = MoneyField()

@@ -180,3 +180,11 @@ def test_a_waiter_that_gives_up_gets_a_503_and_the_writer_does_not_jam(agent):
     assert deadline_hit
     assert writer.submit(quick, "third") == "third"
     assert written == ["first", "second", "third"]
+
+
+def test_a_customer_name_as_long_as_sat_allows_is_kept_whole(client, store):
+    # SAT's Receptor/Nombre takes 300 characters; PostgreSQL enforces a CharField's 255.
+    assert put_json(client, f"/{KEY_A}/tickets", ticket_body("LONGNAME")).status_code == 200
+    name = ("SOCIEDAD COOPERATIVA DE PRODUCCION PESQUERA Y ACUICOLA " * 6)[:300]
+    cfdi = attach_customer_cfdi(store, "LONGNAME", receiver_name=name)
+    assert Cfdi.get_by_id(cfdi.id).receiver_name == name

@@ -202,80 +202,94 @@ class PgPresence:
     connection of its own that holds an advisory lock named after the process while it
     lives, and the lease on the scheduled sweeps while it holds them. The server drops
     both the moment the process dies (its socket closes), which is how the others know
-    its print claims are in doubt and that the sweeps need a new holder."""
+    its print claims are in doubt and that the sweeps need a new holder.
+
+    A lease belongs to the connection that took it: once that connection is gone, so is
+    the lease, even after a new connection is made. Every method runs under one lock, so
+    a check cannot read a lease on one connection and confirm it on the next."""
 
     kind = "postgresql"
 
     def __init__(self, url: str, instance: str):
-        import psycopg
-
         self.instance = instance
         self._url = postgres_url(url)
-        self._mutex = threading.Lock()
-        self._conn = psycopg.connect(self._url, autocommit=True)
-        self._held: set[str] = set()
-        self._run("SELECT pg_advisory_lock(%s)", (lock_key("instance:" + instance),))
+        self._mutex = threading.RLock()
+        self._leases: dict[str, object] = {}  # name -> the connection holding it
+        self._conn = self._connect()
 
-    def _run(self, sql: str, params: tuple):
+    def _connect(self):
+        import psycopg
+
+        conn = psycopg.connect(self._url, autocommit=True)
+        conn.execute("SELECT pg_advisory_lock(%s)", (lock_key("instance:" + self.instance),))
+        return conn
+
+    def _one(self, sql: str, params: tuple = ()):
         with self._mutex:
-            return self._conn.execute(sql, params).fetchone()
+            try:
+                return self._conn.execute(sql, params).fetchone()
+            except Exception:
+                # The connection is gone (a server restart), and its locks with it: the
+                # next call starts on a new one.
+                self._leases.clear()
+                self._reconnect()
+                raise
 
     def alive(self, instance: str) -> bool:
         """Whether that process still holds its lock (is connected); this one always is."""
         if instance == self.instance:
             return True
         key = lock_key("instance:" + instance)
-        (free,) = self._run("SELECT pg_try_advisory_lock(%s)", (key,))
-        if free:
-            self._run("SELECT pg_advisory_unlock(%s)", (key,))
+        with self._mutex:
+            (free,) = self._one("SELECT pg_try_advisory_lock(%s)", (key,))
+            if free:
+                self._one("SELECT pg_advisory_unlock(%s)", (key,))
         return not free
 
     def try_lease(self, name: str) -> bool:
         """Take the named lease if no live process holds it."""
-        (taken,) = self._run("SELECT pg_try_advisory_lock(%s)", (lock_key("lease:" + name),))
-        if taken:
-            self._held.add(name)
-        return bool(taken)
+        with self._mutex:
+            (taken,) = self._one("SELECT pg_try_advisory_lock(%s)", (lock_key("lease:" + name),))
+            if taken:
+                self._leases[name] = self._conn
+            return bool(taken)
 
     def holds(self, name: str) -> bool:
-        return name in self._held
+        return name in self._leases
 
     def still_holds(self, name: str) -> bool:
-        """False once the connection that held the lease is gone (a server restart): the
+        """False once the connection that took the lease is gone (a server restart): the
         lease may be someone else's by now. A session's advisory locks last as long as
         the session, so a connection that still answers still holds them."""
-        if name not in self._held:
-            return False
-        try:
-            self._run("SELECT 1", ())
-        except Exception:  # noqa: BLE001 - no connection, no lease
-            self._held.clear()
-            self._reconnect()
-            return False
-        return True
+        with self._mutex:
+            if self._leases.get(name) is not self._conn:
+                return False
+            try:
+                self._one("SELECT 1")
+            except Exception:  # noqa: BLE001 - no connection, no lease
+                return False
+            return True
 
     def _reconnect(self) -> None:
-        import psycopg
-
         with self._mutex:
             try:
                 self._conn.close()
-                self._conn = psycopg.connect(self._url, autocommit=True)
+                self._conn = self._connect()
             except Exception:  # noqa: BLE001 - the next check tries again
-                return
-        self._run("SELECT pg_advisory_lock(%s)", (lock_key("instance:" + self.instance),))
+                pass
 
     def release(self, name: str) -> None:
-        if name in self._held:
-            self._held.discard(name)
-            try:
-                self._run("SELECT pg_advisory_unlock(%s)", (lock_key("lease:" + name),))
-            except Exception:  # noqa: BLE001 - a closed connection released it already
-                pass
+        with self._mutex:
+            conn = self._leases.pop(name, None)
+            if conn is not None:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key("lease:" + name),))
+                except Exception:  # noqa: BLE001 - a closed connection released it already
+                    pass
 
     def close(self) -> None:
         with self._mutex:
-            self._held.clear()
+            self._leases.clear()
             self._conn.close()
 
 

@@ -158,14 +158,14 @@ class Scheduler:
     def start(self) -> None:
         self._scheduler.start()
         self._watch.start()
-        if not self._take_jobs():
-            self._wait_for_turn()
-
-    def _wait_for_turn(self) -> None:
-        log.warning("another agent process holds %s: it runs the scheduled jobs; this one checks "
-                    "every %g seconds whether to take over", self.lock.path, self.take_over_every)
+        # Always there, and a no-op while this process holds the jobs: a job thread that
+        # finds the lease lost then changes nothing in APScheduler (doing so while the
+        # scheduler shuts down deadlocks it), it only stops running the sweeps.
         self._scheduler.add_job(self._take_jobs, "interval", seconds=self.take_over_every, id="take-over",
                                 max_instances=1, coalesce=True)
+        if not self._take_jobs():
+            log.warning("another agent process holds %s: it runs the scheduled jobs; this one checks "
+                        "every %g seconds whether to take over", self.lock.path, self.take_over_every)
 
     def stand_down(self) -> None:
         """The process is stopping: it no longer takes the jobs over from another."""
@@ -174,6 +174,8 @@ class Scheduler:
     def _take_jobs(self) -> bool:
         if self._standing_down:
             return False
+        if self.lock.held:
+            return True
         try:
             taken = self.lock.acquire()
         except Exception:  # noqa: BLE001 - the database is unreachable: try again later
@@ -182,10 +184,11 @@ class Scheduler:
         if not taken:
             return False
         log.info("this agent process runs the scheduled jobs (%s)", self.lock.path)
-        if self._scheduler.get_job("take-over"):
-            self._scheduler.remove_job("take-over")
         now = self.clock()
         for name, (function, seconds) in self.jobs.items():
+            if self._scheduler.get_job(name):  # held before, lost, taken again
+                self._scheduler.modify_job(name, next_run_time=now)
+                continue
             # next_run_time=now: whatever was missed while the agent was off runs at start.
             self._scheduler.add_job(self._runner(name, function), "interval", seconds=seconds, id=name,
                                     next_run_time=now, max_instances=1, coalesce=True, misfire_grace_time=None)
@@ -193,8 +196,11 @@ class Scheduler:
 
     def _runner(self, name: str, function: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
+            if not self.lock.held:
+                return  # lost: the take-over check runs them again once this process holds them
             if not self.lock.verify():
-                self._give_up_jobs()
+                log.error("lost %s (the database connection dropped); the scheduled jobs stop here until this "
+                          "process takes them again", self.lock.path)
                 return
             started = time.monotonic()
             try:
@@ -209,17 +215,6 @@ class Scheduler:
             self.last_run[name] = datetime.now(timezone.utc)
 
         return run
-
-    def _give_up_jobs(self) -> None:
-        """The lease was lost (the connection that held it dropped): stop the sweeps here
-        and, like any other process, wait to take it again."""
-        if self._scheduler.get_job("take-over"):
-            return
-        log.error("lost %s (the database connection dropped); the scheduled jobs stop here", self.lock.path)
-        for name in self.jobs:
-            if self._scheduler.get_job(name):
-                self._scheduler.remove_job(name)
-        self._wait_for_turn()
 
     def _watch_clock(self) -> None:
         wall, mono = self.clock(), time.monotonic()

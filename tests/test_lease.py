@@ -56,9 +56,28 @@ def test_a_lease_lost_with_its_connection_stops_the_sweeps_there(url):
         scheduler.run_now()
         scheduler._runner("sweep", lambda: ran.append(2))()  # ...so the next sweep here does not run
         assert ran == [1]
-        assert scheduler._scheduler.get_job("take-over") is not None  # it waits for its turn again
-        assert scheduler._scheduler.get_job("sweep") is None
+        assert not scheduler.running_jobs  # it waits for its turn again...
+        other.close()
+        eventually(scheduler._take_jobs)  # ...what its take-over check does every 10 s
+        eventually(lambda: ran == [1, 1])  # and then sweeps again, on its new connection
     finally:
         scheduler.stop()
         holder.close()
         other.close()
+
+
+def test_a_process_whose_connection_dropped_can_still_take_the_lease_later(url):
+    waiting, holder = PgPresence(url, "host:1:a"), PgPresence(url, "host:2:b")
+    try:
+        assert holder.try_lease("scheduler")
+        with postgres.connect(url) as admin:  # a server restart, as the waiting process sees it
+            admin.execute("SELECT pg_terminate_backend(%s)", (waiting._conn.info.backend_pid,))
+        with pytest.raises(Exception):
+            waiting.try_lease("scheduler")  # the take-over check that met the dropped connection
+        holder.close()  # then the holder dies
+        eventually(lambda: waiting.try_lease("scheduler"))  # on a new connection
+        assert waiting.still_holds("scheduler")
+        assert not waiting.alive("host:2:b")
+    finally:
+        waiting.close()
+        holder.close()

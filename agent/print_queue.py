@@ -144,13 +144,13 @@ def _finish(batch):
 def _recover(batch):
     # The worker sends a printer's claimed jobs in claim order and records each outcome
     # before the next one leaves (printer/worker.py), so of the jobs a crash left
-    # PRINTING only the first of each printer may have reached it. Grouped by company,
-    # branch and printer name: two names for one printer only make the recovery fail one
-    # more.
-    gone = [claimer for claimers in batch for claimer in claimers]
-    owner = PrintJob.claimed_by.is_null() if None in gone else False
-    if [claimer for claimer in gone if claimer is not None]:
-        owner = owner | PrintJob.claimed_by.in_([claimer for claimer in gone if claimer is not None])
+    # PRINTING only the first of each printer may have reached it. Grouped by the process
+    # that claimed them, then company, branch and printer name: two names for one printer
+    # only make the recovery fail one more. Claims from before claimed_by existed are None.
+    gone = {claimer for claimers in batch for claimer in claimers}
+    owner = PrintJob.claimed_by.in_(sorted(gone - {None}))
+    if None in gone:
+        owner |= PrintJob.claimed_by.is_null()
     claimed = (
         PrintJob.select(PrintJob.id, PrintJob.claimed_by, Ticket.company, Ticket.branch, PrintJob.printer)
         .join(Ticket, on=(PrintJob.ticket == Ticket.id))
